@@ -1,0 +1,45 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= data/demo
+DEMO_MODEL ?= models/demo
+
+.PHONY: help install lint format test test-fast demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with its dev tools
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check workbench tests benchmarks examples
+	$(VENV)/bin/ruff format --check workbench tests benchmarks examples
+	$(VENV)/bin/mypy
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix workbench tests benchmarks examples
+	$(VENV)/bin/ruff format workbench tests benchmarks examples
+
+test: lint  ## lint, then the whole test suite (slow end-to-end tests included)
+	$(VENV)/bin/pytest
+
+test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
+	$(VENV)/bin/pytest -m "not slow"
+
+demo: $(STAMP)  ## generate a small fleet, train a small model, print its forecast
+	test -d $(DEMO_DIR)/metrics || $(VENV)/bin/workbench generate --servers 12 --days 4 --seed 7 --out $(DEMO_DIR)
+	test -f $(DEMO_MODEL)/model.safetensors || $(VENV)/bin/workbench train --data $(DEMO_DIR) --out $(DEMO_MODEL) --preset demo
+	$(VENV)/bin/workbench forecast --bundle $(DEMO_MODEL) --data $(DEMO_DIR) --head 24
+
+clean:  ## remove the virtual environment and generated demo artefacts
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_MODEL)
