@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny seeded fleets from the simulator and one tiny trained bundle per session."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from workbench.simulator import generate
+
+
+@pytest.fixture(autouse=True)
+def _quiet_library_warnings():
+    # pytorch-forecasting and lightning warn about worker counts and hparams on every fit.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_fleet() -> pl.DataFrame:
+    """Eight servers (every profile) over two days."""
+    return generate(8, 2.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_fleet_dir(tiny_fleet, tmp_path_factory) -> Path:
+    from workbench.data import write_parquet
+
+    return write_parquet(tiny_fleet, tmp_path_factory.mktemp("fleet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tiny_fleet, tmp_path_factory) -> Path:
+    """A bundle trained in seconds with the ``tiny`` preset, saved once per session."""
+    from workbench.model import TrainConfig, save_bundle
+    from workbench.model.train import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bundle = train(tiny_fleet, TrainConfig.preset("tiny"), progress=False)
+    return save_bundle(bundle, tmp_path_factory.mktemp("bundle") / "tiny")

@@ -1,0 +1,220 @@
+"""Fleet forecasts: the result type, and pytorch-forecasting's own predict path (the reference).
+
+A :class:`Forecast` always says where its numbers came from: ``source="tft"`` for servers the
+model forecast, and servers without enough history are listed as ``warming_up`` with no
+numbers at all, never a made-up forecast.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import polars.selectors as cs
+
+from workbench import contract as c
+from workbench.features import TIME_IDX, to_model_frame, with_future
+from workbench.model.bundle import Bundle
+
+log = logging.getLogger(__name__)
+QUANTILE_NAMES = ("p10", "p50", "p90")
+SOURCE_TFT = "tft"
+SOURCE_WARMING_UP = "warming_up"
+
+
+@dataclass
+class Forecast:
+    """Quantile forecasts for a fleet.
+
+    Attributes:
+        servers: Forecast servers, in row order of the arrays.
+        targets: Forecast metrics, in column order of the arrays.
+        last_step: Global step index of each server's last observation (the forecast origin).
+        quantiles: ``(servers, targets, horizon, 3)`` p10/p50/p90, clipped to contract ranges.
+        current: ``(servers, targets)`` last observed values.
+        warming_up: Servers without enough history, with the steps they have.
+        min_history: Steps a server needs before it is forecast.
+        source: Where the numbers come from.
+    """
+
+    servers: list[str]
+    targets: tuple[str, ...]
+    last_step: np.ndarray
+    quantiles: np.ndarray
+    current: np.ndarray
+    warming_up: dict[str, int] = field(default_factory=dict)
+    min_history: int = 0
+    source: str = SOURCE_TFT
+
+    @property
+    def horizon(self) -> int:
+        """Steps ahead."""
+        return int(self.quantiles.shape[2])
+
+    def trend(self) -> np.ndarray:
+        """Return the least-squares slope of each p50 path, in metric units per hour."""
+        p50 = self.quantiles[..., 1]
+        hours = np.arange(self.horizon) * c.STEP_SECONDS / 3600
+        centred = hours - hours.mean()
+        return (p50 * centred).sum(axis=-1) / (centred**2).sum()
+
+    def timestamps(self, server_index: int) -> list[datetime]:
+        """Return the UTC times of the forecast steps of one server."""
+        first = int(self.last_step[server_index]) + 1
+        return [datetime.fromtimestamp((first + h) * c.STEP_SECONDS, UTC) for h in range(self.horizon)]
+
+    def to_frame(self) -> pl.DataFrame:
+        """Return one row per (server, metric, step) with timestamp and p10/p50/p90."""
+        n, m, h = self.quantiles.shape[:3]
+        steps = np.arange(1, h + 1)
+        ts = (self.last_step[:, None] + steps[None, :]) * c.STEP_SECONDS  # (n, h) epoch seconds
+        return pl.DataFrame(
+            {
+                c.SERVER: np.repeat(np.asarray(self.servers, dtype=object), m * h),
+                "metric": np.tile(np.repeat(np.asarray(self.targets, dtype=object), h), n),
+                "step": np.tile(steps, n * m),
+                c.TIMESTAMP: np.repeat(ts, m, axis=0).reshape(-1) * 1_000_000,
+                **{q: self.quantiles[..., i].reshape(-1) for i, q in enumerate(QUANTILE_NAMES)},
+            }
+        ).with_columns(pl.col(c.TIMESTAMP).cast(pl.Datetime("us", "UTC")))
+
+    def summary(self, steps: tuple[int, ...] = (6, 12, 48, 96)) -> pl.DataFrame:
+        """Return one row per (server, metric): current, p50 at a few lead times, the 8 h band, trend.
+
+        Servers still warming up get a row with ``source="warming_up"`` and no numbers.
+        """
+        steps = tuple(s for s in steps if s <= self.horizon)
+        n, m = len(self.servers), len(self.targets)
+        cols: dict[str, Any] = {
+            c.SERVER: np.repeat(np.asarray(self.servers, dtype=object), m),
+            "metric": np.tile(np.asarray(self.targets, dtype=object), n),
+            "current": self.current.reshape(-1),
+        }
+        for s in steps:
+            cols[f"p50_{_lead(s)}"] = self.quantiles[:, :, s - 1, 1].reshape(-1)
+        last = self.horizon - 1
+        cols[f"p10_{_lead(self.horizon)}"] = self.quantiles[:, :, last, 0].reshape(-1)
+        cols[f"p90_{_lead(self.horizon)}"] = self.quantiles[:, :, last, 2].reshape(-1)
+        cols["trend_per_h"] = self.trend().reshape(-1)
+        table = pl.DataFrame(cols).with_columns(pl.lit(self.source).alias("source"))
+        if self.warming_up:
+            waiting = pl.DataFrame(
+                {
+                    c.SERVER: [s for s in self.warming_up for _ in self.targets],
+                    "metric": list(self.targets) * len(self.warming_up),
+                    "source": SOURCE_WARMING_UP,
+                }
+            )
+            table = pl.concat([table, waiting], how="diagonal")
+        return table.with_columns(cs.float().round(3))
+
+    def to_json(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Return ``{server: {metric: {p10, p50, p90, current, trend, source}}}`` (the REST shape)."""
+        trend = self.trend()
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for i, server in enumerate(self.servers):
+            out[server] = {
+                metric: {
+                    **{q: self.quantiles[i, j, :, k].round(4).tolist() for k, q in enumerate(QUANTILE_NAMES)},
+                    "current": float(self.current[i, j]),
+                    "trend": round(float(trend[i, j]), 6),
+                    "source": self.source,
+                }
+                for j, metric in enumerate(self.targets)
+            }
+        for server, steps in self.warming_up.items():
+            out[server] = {
+                metric: {"source": SOURCE_WARMING_UP, "history_steps": steps, "needed_steps": self.min_history}
+                for metric in self.targets
+            }
+        return out
+
+
+def postprocess(raw: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
+    """Clip ``(servers, targets, horizon, 3)`` quantiles to contract ranges and order them.
+
+    Quantile regression heads can cross; sorting the three values restores p10 <= p50 <= p90
+    and leaves ordered outputs unchanged.
+    """
+    out = np.array(raw, dtype=np.float64, copy=True)
+    for j, name in enumerate(targets):
+        metric = c.METRIC_BY_NAME[name]
+        out[:, j] = np.clip(out[:, j], metric.low, metric.high if metric.high is not None else np.inf)
+    return np.sort(out, axis=-1)
+
+
+def history_lengths(model_frame: pd.DataFrame) -> pd.Series:
+    """Return, per server, the steps from its first to its last observation."""
+    g = model_frame.groupby(c.SERVER, sort=False)[TIME_IDX]
+    return g.max() - g.min() + 1
+
+
+def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int = 256) -> Forecast:
+    """Forecast every server of ``frame`` through pytorch-forecasting's own predict path.
+
+    This is the slow, obviously-right path: it rebuilds a ``TimeSeriesDataSet`` and lets
+    ``model.predict`` run a Lightning trainer. It appends the horizon's future rows so that the
+    forecast starts one step after each server's last observation.
+
+    Args:
+        bundle: A trained or loaded bundle.
+        frame: A validated contract frame holding the bundle's targets.
+        batch_size: Servers per network call.
+    """
+    spec = bundle.spec
+    model_frame = to_model_frame(frame, spec.targets)
+    model_frame = model_frame.groupby(c.SERVER, sort=False).tail(spec.max_encoder_length).reset_index(drop=True)
+    lengths = history_lengths(model_frame)
+    ready = lengths[lengths >= spec.min_encoder_length].index
+    warming = {str(s): int(n) for s, n in lengths[lengths < spec.min_encoder_length].items()}
+    model_frame = model_frame[model_frame[c.SERVER].isin(ready)]
+    if model_frame.empty:
+        return _empty(bundle, warming)
+    dataset = spec.build(with_future(model_frame, spec.horizon), predict=True)
+    device = next(bundle.network.parameters()).device
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*does not have many workers.*")
+        pred = bundle.network.predict(
+            dataset,
+            mode="quantiles",
+            return_index=True,
+            batch_size=batch_size,
+            trainer_kwargs={"accelerator": device.type, "logger": False, "enable_progress_bar": False},
+        )
+    raw = np.stack([t.detach().cpu().numpy() for t in pred.output], axis=1)  # (n, targets, h, 3)
+    index = pred.index.reset_index(drop=True)
+    last = model_frame.groupby(c.SERVER, sort=False).tail(1).set_index(c.SERVER)
+    servers = index[c.SERVER].astype(str).tolist()
+    return Forecast(
+        servers=servers,
+        targets=spec.targets,
+        last_step=index[TIME_IDX].to_numpy(dtype=np.int64) - 1,
+        quantiles=postprocess(raw, spec.targets),
+        current=last.loc[servers, list(spec.targets)].to_numpy(dtype=np.float64),
+        warming_up=warming,
+        min_history=spec.min_encoder_length,
+    )
+
+
+def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:
+    n_targets, h = len(bundle.spec.targets), bundle.spec.horizon
+    return Forecast(
+        servers=[],
+        targets=bundle.spec.targets,
+        last_step=np.zeros(0, dtype=np.int64),
+        quantiles=np.zeros((0, n_targets, h, 3)),
+        current=np.zeros((0, n_targets)),
+        warming_up=warming,
+        min_history=bundle.spec.min_encoder_length,
+    )
+
+
+def _lead(steps: int) -> str:
+    minutes = steps * c.STEP_SECONDS // 60
+    return f"{minutes}m" if minutes < 60 or minutes % 60 else f"{minutes // 60}h"

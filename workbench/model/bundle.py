@@ -1,0 +1,152 @@
+"""The model bundle: a folder of safetensors weights and JSON, loaded without pickle.
+
+Layout: ``model.safetensors`` (weights), ``config.json`` (training settings and network
+hyper-parameters), ``dataset.json`` (:class:`DatasetSpec`), ``contract.json`` (the contract it
+was trained on) and ``training.json`` (data fingerprint, dates, losses, library versions).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_forecasting import TemporalFusionTransformer
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from workbench import contract as c
+from workbench.errors import BundleError
+from workbench.model.config import TrainConfig
+from workbench.model.dataset import DatasetSpec
+from workbench.model.network import network_from_hparams
+
+FILES = ("model.safetensors", "config.json", "dataset.json", "contract.json", "training.json")
+BUNDLE_FORMAT = 1
+
+
+@dataclass
+class Bundle:
+    """A trained network with everything needed to feed it and to know where it came from.
+
+    Attributes:
+        network: The TFT, in eval mode.
+        spec: How its inputs are built.
+        config: The settings it was trained with.
+        hparams: The network's constructor arguments (plain JSON).
+        training: The training record.
+        path: Folder it was loaded from or saved to, if any.
+    """
+
+    network: TemporalFusionTransformer
+    spec: DatasetSpec
+    config: TrainConfig
+    hparams: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The metrics the model forecasts, in output order."""
+        return self.spec.targets
+
+
+def library_versions() -> dict[str, str]:
+    """Return the versions of the libraries that shape a bundle."""
+    names = ("torch", "pytorch-forecasting", "lightning", "safetensors", "polars")
+    return {n: importlib.metadata.version(n) for n in names}
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write ``bundle`` as a folder of safetensors + JSON and return the folder."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    # save_model de-duplicates the tensors the TFT shares between its variable-selection blocks.
+    save_model(bundle.network, str(out / "model.safetensors"), metadata={"bundle_format": str(BUNDLE_FORMAT)})
+    _write_json(
+        out / "config.json",
+        {"bundle_format": BUNDLE_FORMAT, "train": bundle.config.to_dict(), "network": bundle.hparams},
+    )
+    _write_json(out / "dataset.json", bundle.spec.to_json())
+    _write_json(out / "contract.json", c.contract_json())
+    _write_json(out / "training.json", bundle.training)
+    bundle.path = out
+    return out
+
+
+def load_bundle(path: str | Path, *, targets: Sequence[str] | None = None, device: str | None = None) -> Bundle:
+    """Load a bundle written by :func:`save_bundle`, refusing any mismatch with a clear error.
+
+    Args:
+        path: The bundle folder.
+        targets: When given, the metrics the caller expects the model to forecast.
+        device: Where to put the network (``cpu``, ``cuda``, ...); CUDA when present by default.
+
+    Raises:
+        BundleError: a file is missing or malformed, the stored contract differs from the
+            running one, the targets differ, or the weights do not fit the network.
+    """
+    root = Path(path)
+    missing = [f for f in FILES if not (root / f).is_file()]
+    if missing:
+        raise BundleError(f"{root}: not a model bundle, missing {', '.join(missing)}")
+    diffs = c.contract_differences(_read_json(root / "contract.json"))
+    if diffs:
+        raise BundleError(f"{root}: trained on a different data contract:\n  " + "\n  ".join(diffs))
+    spec = DatasetSpec.from_json(_read_json(root / "dataset.json"))
+    config_json = _read_json(root / "config.json")
+    config = TrainConfig.from_dict(config_json.get("train", {}))
+    _check_targets(root, spec, config, targets)
+    network = network_from_hparams(config_json.get("network", {}), spec, config)
+    _load_weights(network, root / "model.safetensors")
+    target_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    network = network.to(target_device).eval()
+    training = _read_json(root / "training.json")
+    return Bundle(network, spec, config, config_json["network"], training, root)
+
+
+def _check_targets(root: Path, spec: DatasetSpec, config: TrainConfig, expected: Sequence[str] | None) -> None:
+    if tuple(config.targets) != spec.targets:
+        raise BundleError(
+            f"{root}: config.json targets {list(config.targets)} != dataset.json targets {list(spec.targets)}"
+        )
+    c.check_metric_names(spec.targets, what="bundle target")
+    if expected is not None and tuple(expected) != spec.targets:
+        extra = sorted(set(spec.targets) - set(expected))
+        lacking = sorted(set(expected) - set(spec.targets))
+        raise BundleError(
+            f"{root}: model targets {list(spec.targets)} differ from the expected {list(expected)}"
+            f" (model only: {extra}, expected only: {lacking})"
+        )
+
+
+def _load_weights(network: torch.nn.Module, file: Path) -> None:
+    try:
+        missing, unexpected = load_model(network, str(file), strict=False)
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{file}: unreadable weights: {exc}") from exc
+    except RuntimeError as exc:
+        raise BundleError(f"{file}: weights do not fit the network described by config.json: {exc}") from exc
+    if missing or unexpected:
+        raise BundleError(
+            f"{file}: weights do not fit the network described by config.json "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+        )
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{file}: unreadable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{file}: expected a JSON object")
+    return data
+
+
+def _write_json(file: Path, data: dict[str, Any]) -> None:
+    file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

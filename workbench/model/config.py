@@ -1,0 +1,171 @@
+"""Typed training configuration, loadable from YAML, a dict (CLI, notebook parameters) or a preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench import contract as c
+from workbench.errors import ConfigError
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "64-true")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; stored in the bundle's ``config.json``.
+
+    Attributes:
+        targets: Contract metrics the model forecasts (all eight by default).
+        max_encoder_length: Steps of history the network reads (288 = 24 h).
+        min_encoder_length: Fewest steps a server needs before it gets a forecast (warm-up).
+        horizon: Steps forecast (96 = 8 h).
+        quantiles: Forecast quantiles; the bands are their outer pair.
+        hidden_size: Width of the TFT.
+        attention_head_size: Attention heads.
+        hidden_continuous_size: Width of the continuous-variable embeddings.
+        lstm_layers: LSTM layers of the encoder and decoder.
+        dropout: Dropout rate.
+        learning_rate: Adam learning rate.
+        gradient_clip_val: Gradient norm clip.
+        batch_size: Training batch size.
+        max_epochs: Upper bound on epochs; early stopping usually ends sooner.
+        patience: Epochs without validation improvement before stopping.
+        limit_train_batches: Batches per epoch (an int) or fraction of them (a float).
+        limit_val_batches: Validation batches (an int) or fraction (a float).
+        validation_steps: Trailing steps of every series held out for validation.
+        randomize_length: Train on randomly shortened histories so that warm-up forecasts are good.
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``cuda``, ...).
+        devices: Lightning devices (``auto``, a count, or a list as text).
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        precision: Lightning precision.
+        num_workers: Data-loader workers.
+        seed: Seed of every random choice in training.
+    """
+
+    targets: tuple[str, ...] = c.METRIC_NAMES
+    max_encoder_length: int = c.MAX_ENCODER_STEPS
+    min_encoder_length: int = 36
+    horizon: int = c.HORIZON_STEPS
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    hidden_size: int = 32
+    attention_head_size: int = 4
+    hidden_continuous_size: int = 16
+    lstm_layers: int = 1
+    dropout: float = 0.1
+    learning_rate: float = 3e-3
+    gradient_clip_val: float = 0.1
+    batch_size: int = 64
+    max_epochs: int = 30
+    patience: int = 4
+    limit_train_batches: int | float = 200
+    limit_val_batches: int | float = 1.0
+    validation_steps: int = c.HORIZON_STEPS
+    randomize_length: bool = True
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    seed: int = 42
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(c.check_metric_names(self.targets, what="targets")))
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
+        if not self.targets:
+            raise ConfigError(f"targets: at least one metric is needed; allowed: {', '.join(c.METRIC_NAMES)}")
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"targets: each metric at most once, got {list(self.targets)}")
+        if self.horizon != c.HORIZON_STEPS:
+            raise ConfigError(f"horizon: the contract fixes it at {c.HORIZON_STEPS} steps, got {self.horizon}")
+        if not 1 <= self.min_encoder_length <= self.max_encoder_length <= c.MAX_ENCODER_STEPS:
+            raise ConfigError(
+                "need 1 <= min_encoder_length <= max_encoder_length <= "
+                f"{c.MAX_ENCODER_STEPS}, got {self.min_encoder_length} and {self.max_encoder_length}"
+            )
+        if list(self.quantiles) != sorted(self.quantiles) or not all(0 < q < 1 for q in self.quantiles):
+            raise ConfigError(f"quantiles: increasing values in (0, 1) are allowed, got {list(self.quantiles)}")
+        if len(self.quantiles) != 3 or self.quantiles[1] != 0.5:
+            raise ConfigError(f"quantiles: three with 0.5 in the middle (p10/p50/p90), got {list(self.quantiles)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: allowed {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("hidden_size", "attention_head_size", "hidden_continuous_size", "lstm_layers", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_epochs < 1 or self.patience < 1 or self.validation_steps < 1:
+            raise ConfigError("max_epochs, patience and validation_steps must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: allowed [0, 1), got {self.dropout}")
+        if self.extra:
+            known = ", ".join(f.name for f in dataclasses.fields(self) if f.name != "extra")
+            raise ConfigError(f"unknown setting(s) {sorted(self.extra)}; allowed: {known}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from plain data, naming any unknown key (rather than ignoring it)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        extra = {k: v for k, v in values.items() if k not in names}
+        try:
+            return cls(**known, extra=extra)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load a config from a YAML mapping of field names to values."""
+        data = yaml.safe_load(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """Return a named preset (see :data:`PRESETS`) with optional overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset: allowed {', '.join(PRESETS)}, got {name!r}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as JSON-friendly data."""
+        data = dataclasses.asdict(self)
+        data.pop("extra")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Return a copy with some fields changed (validated again)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop CPU: for tests and smoke runs, not for forecasting.
+    "tiny": {
+        "hidden_size": 8,
+        "attention_head_size": 1,
+        "hidden_continuous_size": 4,
+        "max_encoder_length": 48,
+        "min_encoder_length": 12,
+        "max_epochs": 1,
+        "limit_train_batches": 4,
+        "limit_val_batches": 2,
+        "batch_size": 32,
+    },
+    # A couple of minutes on 2 CPU cores: the model `make demo` trains when none is present.
+    "demo": {
+        "hidden_size": 16,
+        "attention_head_size": 2,
+        "hidden_continuous_size": 8,
+        "max_epochs": 4,
+        "limit_train_batches": 40,
+        "limit_val_batches": 10,
+        "patience": 2,
+    },
+    # The reference model of the evaluation report.
+    "reference": {},
+}

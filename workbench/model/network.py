@@ -1,0 +1,65 @@
+"""Build the Temporal Fusion Transformer, either from a dataset (training) or from plain JSON (loading)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytorch_forecasting import TemporalFusionTransformer
+from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
+from torch import nn
+
+from workbench.errors import BundleError
+from workbench.model.config import TrainConfig
+from workbench.model.dataset import DatasetSpec
+
+# Hyper-parameters that are objects, rebuilt from the spec and config instead of serialised.
+_OBJECT_HPARAMS = ("loss", "logging_metrics", "output_transformer", "dataset_parameters")
+
+
+def quantile_loss(config: TrainConfig) -> MultiLoss:
+    """Return the multi-target quantile loss of a config."""
+    return MultiLoss([QuantileLoss(list(config.quantiles)) for _ in config.targets])
+
+
+def network_from_dataset(dataset: Any, config: TrainConfig) -> TemporalFusionTransformer:
+    """Create an untrained network whose inputs match ``dataset`` (a ``TimeSeriesDataSet``)."""
+    return TemporalFusionTransformer.from_dataset(
+        dataset,
+        hidden_size=config.hidden_size,
+        attention_head_size=config.attention_head_size,
+        hidden_continuous_size=config.hidden_continuous_size,
+        lstm_layers=config.lstm_layers,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+        loss=quantile_loss(config),
+        logging_metrics=nn.ModuleList([]),
+        reduce_on_plateau_patience=max(1, config.patience // 2),
+    )
+
+
+def network_hparams(network: TemporalFusionTransformer) -> dict[str, Any]:
+    """Return the network's constructor arguments as plain JSON data."""
+    out = {}
+    for key, value in network.hparams.items():
+        if key in _OBJECT_HPARAMS:
+            continue
+        if key == "embedding_sizes":
+            value = {name: list(size) for name, size in value.items()}
+        out[key] = value
+    return out
+
+
+def network_from_hparams(hparams: dict[str, Any], spec: DatasetSpec, config: TrainConfig) -> TemporalFusionTransformer:
+    """Rebuild an (untrained) network from :func:`network_hparams` output, without pickle."""
+    kwargs = dict(hparams)
+    kwargs["embedding_sizes"] = {name: tuple(size) for name, size in kwargs.get("embedding_sizes", {}).items()}
+    try:
+        network = TemporalFusionTransformer(
+            **kwargs,
+            loss=quantile_loss(config),
+            logging_metrics=nn.ModuleList([]),
+            output_transformer=spec.target_normalizer(),
+        )
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BundleError(f"config.json network hyper-parameters do not build a TFT: {exc}") from exc
+    return network.eval()
