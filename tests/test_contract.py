@@ -205,3 +205,41 @@ def test_check_metric_names_lists_the_allowed_ones():
     assert c.check_metric_names(["cpu_pct"]) == ["cpu_pct"]
     with pytest.raises(ContractError, match="unknown metric; allowed: cpu_pct, mem_pct"):
         c.check_metric_names(["cpu_percent"])
+
+
+def test_to_grid_buckets_samples_with_each_metrics_aggregation():
+    t0 = datetime(2025, 1, 6, tzinfo=UTC)
+    frame = c.validate(
+        pl.DataFrame(
+            {
+                "timestamp": [t0 + timedelta(seconds=s) for s in (0, 60, 299, 300, 30)],
+                "server_name": ["a", "a", "a", "a", "b"],
+                "cpu_pct": [10.0, 20.0, None, 50.0, 1.0],
+                "latency_ms": [5.0, 9.0, 7.0, 1.0, 2.0],
+                "state": ["healthy", None, "heavy_load", None, None],
+            }
+        )
+    )
+    grid = c.to_grid(frame)
+    assert grid.columns == list(c.COLUMNS)
+    a = grid.filter(pl.col("server_name") == "a")
+    assert a["timestamp"].to_list() == [t0, t0 + timedelta(minutes=5)]
+    assert a["cpu_pct"].to_list() == [15.0, 50.0]  # mean, ignoring the missing sample
+    assert a["latency_ms"].to_list() == [9.0, 1.0]  # max
+    assert a["state"].to_list() == ["heavy_load", None]
+    assert grid.filter(pl.col("server_name") == "b")["timestamp"].to_list() == [t0]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e20])
+def test_absurd_epoch_timestamps_are_reported_not_crashing(value):
+    with pytest.raises(ContractError, match="timestamp"):
+        c.validate(pl.DataFrame({"timestamp": [1.7e9, value], "server_name": ["a", "a"]}))
+
+
+def test_boolean_metrics_and_the_upper_time_bound_agree_between_frames_and_records():
+    with pytest.raises(ContractError, match="must be a number"):
+        c.validate(pl.DataFrame({"timestamp": [1.7e9], "server_name": ["a"], "cpu_pct": [True]}))
+    edge = "2100-01-01T00:00:00Z"
+    with pytest.raises(ContractError, match="between"):
+        c.validate(pl.DataFrame({"timestamp": [edge], "server_name": ["a"]}))
+    assert c.validate_records([{"timestamp": edge, "server_name": "a"}]).rejected

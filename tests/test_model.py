@@ -206,6 +206,9 @@ def test_training_refuses_a_target_without_values(tiny_fleet):
         ({"min_encoder_length": 300}, "min_encoder_length <= max_encoder_length"),
         ({"quantiles": [0.1, 0.9]}, "three with 0.5"),
         ({"dropout": 1.5}, r"dropout: allowed \[0, 1\)"),
+        ({"hidden_size": "big"}, "hidden_size: expected int, got 'big'"),
+        ({"randomize_length": 1}, "randomize_length: expected bool"),
+        ({"batch_size": True}, "batch_size: expected int"),
     ],
 )
 def test_config_errors_name_the_setting_and_what_is_allowed(values, message):

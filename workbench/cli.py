@@ -26,7 +26,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except WorkbenchError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", []))
+            raise click.ClickException(f"{type(exc).__name__}: {exc}{notes}") from exc
         except (FileNotFoundError, FileExistsError) as exc:
             raise click.ClickException(str(exc)) from exc
 

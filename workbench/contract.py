@@ -234,11 +234,27 @@ def validate(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(PROFILE).fill_null(profile_expr(pl.col(SERVER)))).select(COLUMNS)
 
 
+def to_grid(frame: pl.DataFrame) -> pl.DataFrame:
+    """Bucket a validated frame onto the step grid: one row per server and step.
+
+    Timestamps are floored to the step; metrics are combined with their contract aggregation
+    (mean or max, ignoring missing values); the last known profile and state are kept.
+    """
+    metrics = [getattr(pl.col(m.name), m.aggregation)() for m in METRICS]
+    return (
+        frame.with_columns(pl.col(TIMESTAMP).dt.truncate(f"{STEP_SECONDS}s"))
+        .group_by(SERVER, TIMESTAMP)
+        .agg(pl.col(PROFILE).last(), pl.col(STATE).drop_nulls().last(), *metrics)
+        .sort(SERVER, TIMESTAMP)
+        .select(COLUMNS)
+    )
+
+
 def profile_expr(server: pl.Expr) -> pl.Expr:
     """Return a polars expression that infers the profile from server names (vectorised)."""
     lowered = server.str.to_lowercase()
     prefix, profile = _PREFIXES[0]
-    chain = pl.when(lowered.str.starts_with(prefix)).then(pl.lit(profile))
+    chain: Any = pl.when(lowered.str.starts_with(prefix)).then(pl.lit(profile))
     for prefix, profile in _PREFIXES[1:]:
         chain = chain.when(lowered.str.starts_with(prefix)).then(pl.lit(profile))
     return chain.otherwise(pl.lit(DEFAULT_PROFILE))
@@ -255,8 +271,12 @@ def _cast_expr(frame: pl.DataFrame, col: str) -> pl.Expr:
         if dtype == pl.String:
             return pl.col(col).map_batches(_parse_time_strings, return_dtype=SCHEMA[TIMESTAMP])
         if dtype.is_numeric():  # epoch seconds
-            return (pl.col(col).cast(pl.Float64) * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+            micros = pl.col(col).cast(pl.Float64) * 1e6
+            in_range = micros.is_finite() & (micros.abs() < 1e17)  # NaN, inf, 1e20 -> reported as invalid
+            return pl.when(in_range).then(micros).cast(pl.Int64, strict=False).cast(pl.Datetime("us", "UTC"))
         return pl.lit(None, dtype=SCHEMA[col]).alias(col)
+    if col in METRIC_BY_NAME and frame.schema[col] == pl.Boolean:
+        return pl.lit(None, dtype=SCHEMA[col]).alias(col)  # reported as "must be a number"
     return pl.col(col).cast(SCHEMA[col], strict=False)
 
 
@@ -279,7 +299,7 @@ def _frame_issues(frame: pl.DataFrame, limit: int = 50) -> list[Issue]:
         (TIMESTAMP, pl.col(TIMESTAMP).is_null(), "must be an ISO 8601 time, a datetime or epoch seconds"),
         (
             TIMESTAMP,
-            ~pl.col(TIMESTAMP).is_between(pl.lit(TIMESTAMP_MIN), pl.lit(TIMESTAMP_MAX)),
+            ~pl.col(TIMESTAMP).is_between(pl.lit(TIMESTAMP_MIN), pl.lit(TIMESTAMP_MAX), closed="left"),
             f"must lie between {TIMESTAMP_MIN:%Y-%m-%d} and {TIMESTAMP_MAX:%Y-%m-%d}",
         ),
         (SERVER, ~pl.col(SERVER).fill_null("").str.contains(f"^{SERVER_NAME_PATTERN}$"), _server_rule()),

@@ -50,7 +50,7 @@ def known_covariates(time_idx: np.ndarray) -> dict[str, np.ndarray]:
 def to_model_frame(frame: pl.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
     """Turn a validated contract frame into the pandas frame pytorch-forecasting consumes.
 
-    Rows are put on the step grid (a duplicate step keeps its last sample), sorted by server
+    Rows are bucketed onto the step grid (:func:`workbench.contract.to_grid`), sorted by server
     and time; a missing target value is carried forward from the server's previous step.
 
     Args:
@@ -63,9 +63,8 @@ def to_model_frame(frame: pl.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
     targets = c.check_metric_names(targets, what="target")
     ts = pl.col(c.TIMESTAMP).dt.epoch("s")
     data = (
-        frame.select(c.SERVER, c.PROFILE, *targets, (ts // c.STEP_SECONDS).alias(TIME_IDX))
-        .unique([c.SERVER, TIME_IDX], keep="last", maintain_order=True)
-        .sort(c.SERVER, TIME_IDX)
+        c.to_grid(frame)
+        .select(c.SERVER, c.PROFILE, *targets, (ts // c.STEP_SECONDS).alias(TIME_IDX))
         .with_columns(pl.col(t).forward_fill().over(c.SERVER) for t in targets)
     )
     _check_targets_present(data, targets)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -178,7 +180,7 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
         return _empty(bundle, warming)
     dataset = spec.build(with_future(model_frame, spec.horizon), predict=True)
     device = next(bundle.network.parameters()).device
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_lightning():
         warnings.filterwarnings("ignore", r".*does not have many workers.*")
         pred = bundle.network.predict(
             dataset,
@@ -187,7 +189,8 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
             batch_size=batch_size,
             trainer_kwargs={"accelerator": device.type, "logger": False, "enable_progress_bar": False},
         )
-    raw = np.stack([t.detach().cpu().numpy() for t in pred.output], axis=1)  # (n, targets, h, 3)
+    outputs = pred.output if isinstance(pred.output, list | tuple) else [pred.output]
+    raw = np.stack([t.detach().cpu().numpy() for t in outputs], axis=1)  # (n, targets, h, 3)
     index = pred.index.reset_index(drop=True)
     last = model_frame.groupby(c.SERVER, sort=False).tail(1).set_index(c.SERVER)
     servers = index[c.SERVER].astype(str).tolist()
@@ -200,6 +203,18 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
         warming_up=warming,
         min_history=spec.min_encoder_length,
     )
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    # model.predict builds a Trainer, which logs its hardware and tips at INFO on every call.
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:

@@ -76,6 +76,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "targets", tuple(c.check_metric_names(self.targets, what="targets")))
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
         if not self.targets:
@@ -106,11 +107,18 @@ class TrainConfig:
             known = ", ".join(f.name for f in dataclasses.fields(self) if f.name != "extra")
             raise ConfigError(f"unknown setting(s) {sorted(self.extra)}; allowed: {known}")
 
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            allowed = _TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+                raise ConfigError(f"{f.name}: expected {f.type}, got {value!r}")
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build a config from plain data, naming any unknown key (rather than ignoring it)."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        known: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
         extra = {k: v for k, v in values.items() if k not in names}
         try:
             return cls(**known, extra=extra)
@@ -142,6 +150,17 @@ class TrainConfig:
         """Return a copy with some fields changed (validated again)."""
         return self.from_dict({**self.to_dict(), **changes})
 
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "int | float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "int | str": (int, str),
+    "tuple[str, ...]": (tuple,),
+    "tuple[float, ...]": (tuple,),
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: for tests and smoke runs, not for forecasting.

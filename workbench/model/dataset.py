@@ -113,8 +113,10 @@ class DatasetSpec:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"dataset.json is malformed: {exc!r}") from exc
 
-    def target_normalizer(self) -> MultiNormalizer:
+    def target_normalizer(self) -> MultiNormalizer | EncoderNormalizer:
         """Return the per-window target normalizer (also the network's output transformer)."""
+        if len(self.targets) == 1:  # pytorch-forecasting's multi-target path breaks on one target
+            return EncoderNormalizer(method="standard")
         return MultiNormalizer([EncoderNormalizer(method="standard") for _ in self.targets])
 
     def dataset_kwargs(self, *, train: bool) -> dict[str, Any]:
@@ -128,7 +130,7 @@ class DatasetSpec:
         profile_encoder = NaNLabelEncoder(add_nan=False).fit(pd.Series(self.profiles))
         return {
             "time_idx": TIME_IDX,
-            "target": list(self.targets),
+            "target": list(self.targets) if len(self.targets) > 1 else self.targets[0],
             "group_ids": [c.SERVER],
             "max_encoder_length": self.max_encoder_length,
             "min_encoder_length": self.min_encoder_length,

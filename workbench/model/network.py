@@ -16,8 +16,10 @@ from workbench.model.dataset import DatasetSpec
 _OBJECT_HPARAMS = ("loss", "logging_metrics", "output_transformer", "dataset_parameters")
 
 
-def quantile_loss(config: TrainConfig) -> MultiLoss:
-    """Return the multi-target quantile loss of a config."""
+def quantile_loss(config: TrainConfig) -> MultiLoss | QuantileLoss:
+    """Return the quantile loss of a config (a ``MultiLoss`` for several targets)."""
+    if len(config.targets) == 1:
+        return QuantileLoss(list(config.quantiles))
     return MultiLoss([QuantileLoss(list(config.quantiles)) for _ in config.targets])
 
 

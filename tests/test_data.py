@@ -1,0 +1,86 @@
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from workbench import contract
+from workbench.data import fingerprint, read_frame, write_parquet
+from workbench.errors import ContractError
+from workbench.simulator import generate
+
+
+@pytest.fixture(scope="module")
+def frame() -> pl.DataFrame:
+    return generate(3, 1.5, seed=4)
+
+
+def test_write_read_round_trip(frame: pl.DataFrame, tmp_path: Path) -> None:
+    out = write_parquet(frame, tmp_path / "ds")
+    assert out == tmp_path / "ds"
+    parts = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert parts == ["metrics/date=2025-01-06/part-0.parquet", "metrics/date=2025-01-07/part-0.parquet"]
+    assert json.loads((out / "contract.json").read_text()) == contract.contract_json()
+    back = read_frame(out)
+    assert "date" not in back.columns
+    assert back.equals(frame)
+    assert read_frame(out / "metrics").equals(frame)
+
+
+def test_read_shuffled_single_parquet_and_csv(frame: pl.DataFrame, tmp_path: Path) -> None:
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=0)
+    shuffled.write_parquet(tmp_path / "one.parquet")
+    assert read_frame(tmp_path / "one.parquet").equals(frame)
+    shuffled.write_csv(tmp_path / "one.csv")
+    assert read_frame(tmp_path / "one.csv").equals(frame)
+
+
+def test_refuses_to_overwrite_unless_asked(frame: pl.DataFrame, tmp_path: Path) -> None:
+    write_parquet(frame, tmp_path)
+    with pytest.raises(FileExistsError):
+        write_parquet(frame, tmp_path)
+    small = frame.filter(pl.col(contract.SERVER) == frame[contract.SERVER][0]).head(10)
+    write_parquet(small, tmp_path, overwrite=True)
+    assert read_frame(tmp_path).equals(small)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_out_of_range_value_names_row_field_and_file(frame: pl.DataFrame, tmp_path: Path) -> None:
+    bad = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(150.0).otherwise(pl.col("cpu_pct")).alias("cpu_pct")
+    )
+    bad.write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ContractError) as info:
+        read_frame(tmp_path / "bad.parquet")
+    [issue] = info.value.issues
+    assert (issue.index, issue.field, issue.value) == (7, "cpu_pct", 150.0)
+    assert "record 7" in str(info.value) and "[0, 100]" in str(info.value)
+    assert any("bad.parquet" in note for note in info.value.__notes__)
+
+
+def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_frame(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no parquet"):
+        read_frame(tmp_path)
+
+
+def test_missing_column_on_write(frame: pl.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="mem_pct"):
+        write_parquet(frame.drop("mem_pct"), tmp_path)
+
+
+def test_fingerprint_is_stable_and_content_based(frame: pl.DataFrame) -> None:
+    value = fingerprint(frame)
+    assert len(value) == 16 and int(value, 16) >= 0
+    assert fingerprint(frame.sample(fraction=1.0, shuffle=True, seed=1)) == value
+    assert fingerprint(generate(3, 1.5, seed=4)) == value
+    changed = frame.with_columns(pl.col("cpu_pct") + (pl.int_range(pl.len()) == 0) * 1e-9)
+    assert fingerprint(changed) != value
+    assert fingerprint(frame.with_columns(pl.lit(None, pl.String).alias(contract.STATE))) != value
+
+
+def test_fingerprint_known_value() -> None:
+    # Pins the algorithm: a change here invalidates the fingerprints stored in existing bundles.
+    tiny = pl.DataFrame({"a": ["x", None, "y"], "b": [1, None, 2]})
+    assert fingerprint(tiny) == "8275626c4c966d74"
