@@ -22,13 +22,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the package with its dev tools
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check workbench tests benchmarks examples
-	$(VENV)/bin/ruff format --check workbench tests benchmarks examples
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix workbench tests benchmarks examples
-	$(VENV)/bin/ruff format workbench tests benchmarks examples
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: lint  ## lint, then the whole test suite (slow end-to-end tests included)
 	$(VENV)/bin/pytest
