@@ -36,6 +36,7 @@ class Forecast:
 
     Attributes:
         servers: Forecast servers, in row order of the arrays.
+        profiles: Profile of each forecast server.
         targets: Forecast metrics, in column order of the arrays.
         last_step: Global step index of each server's last observation (the forecast origin).
         quantiles: ``(servers, targets, horizon, 3)`` p10/p50/p90, clipped to contract ranges.
@@ -46,6 +47,7 @@ class Forecast:
     """
 
     servers: list[str]
+    profiles: list[str]
     targets: tuple[str, ...]
     last_step: np.ndarray
     quantiles: np.ndarray
@@ -196,6 +198,7 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
     servers = index[c.SERVER].astype(str).tolist()
     return Forecast(
         servers=servers,
+        profiles=last.loc[servers, c.PROFILE].astype(str).tolist(),
         targets=spec.targets,
         last_step=index[TIME_IDX].to_numpy(dtype=np.int64) - 1,
         quantiles=postprocess(raw, spec.targets),
@@ -221,6 +224,7 @@ def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:
     n_targets, h = len(bundle.spec.targets), bundle.spec.horizon
     return Forecast(
         servers=[],
+        profiles=[],
         targets=bundle.spec.targets,
         last_step=np.zeros(0, dtype=np.int64),
         quantiles=np.zeros((0, n_targets, h, 3)),
