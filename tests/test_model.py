@@ -11,7 +11,8 @@ import torch
 
 from workbench import contract as c
 from workbench.errors import BundleError, ConfigError, ContractError
-from workbench.inference import SOURCE_TFT, SOURCE_WARMING_UP, reference_forecast
+from workbench.inference import SOURCE_TFT, SOURCE_WARMING_UP
+from workbench.inference.reference import reference_forecast
 from workbench.model import TrainConfig, load_bundle
 
 
@@ -49,7 +50,7 @@ def test_fresh_process_gives_the_same_forecast(tiny_bundle_dir, tiny_fleet_dir, 
         "import sys, numpy as np\n"
         "from workbench.data import read_frame\n"
         "from workbench.model import load_bundle\n"
-        "from workbench.inference import reference_forecast\n"
+        "from workbench.inference.reference import reference_forecast\n"
         "f = reference_forecast(load_bundle(sys.argv[1], device='cpu'), read_frame(sys.argv[2]))\n"
         "np.save(sys.argv[3], f.quantiles)\n"
         "print(','.join(f.servers))\n"

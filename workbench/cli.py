@@ -169,7 +169,7 @@ def forecast(
     import polars as pl
 
     from workbench.data import read_frame
-    from workbench.inference import reference_forecast
+    from workbench.inference.reference import reference_forecast
     from workbench.model import load_bundle
 
     model = load_bundle(bundle, device=None if device == "auto" else device)

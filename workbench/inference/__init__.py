@@ -1,5 +1,10 @@
-"""Inference stage: fleet forecasts from a bundle."""
+"""Inference stage: windows, the fast engine, and the forecast type.
 
-from workbench.inference.forecast import SOURCE_TFT, SOURCE_WARMING_UP, Forecast, reference_forecast
+Import the heavy parts from their modules: :mod:`workbench.inference.engine` (the fast path),
+:mod:`workbench.inference.reference` (pytorch-forecasting's own predict path). This package's
+top level stays light (numpy and polars only) for the service and the dashboard.
+"""
 
-__all__ = ["SOURCE_TFT", "SOURCE_WARMING_UP", "Forecast", "reference_forecast"]
+from workbench.inference.forecast import SOURCE_MISSING, SOURCE_TFT, SOURCE_WARMING_UP, Forecast
+
+__all__ = ["SOURCE_MISSING", "SOURCE_TFT", "SOURCE_WARMING_UP", "Forecast"]

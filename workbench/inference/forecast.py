@@ -1,4 +1,4 @@
-"""Fleet forecasts: the result type, and pytorch-forecasting's own predict path (the reference).
+"""The fleet forecast: quantile arrays with their servers, targets and origins (numpy only).
 
 A :class:`Forecast` always says where its numbers came from: ``source="tft"`` for servers the
 model forecast, and servers without enough history are listed as ``warming_up`` with no
@@ -7,27 +7,20 @@ numbers at all, never a made-up forecast.
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import polars as pl
 import polars.selectors as cs
 
 from workbench import contract as c
-from workbench.features import TIME_IDX, to_model_frame, with_future
-from workbench.model.bundle import Bundle
 
-log = logging.getLogger(__name__)
 QUANTILE_NAMES = ("p10", "p50", "p90")
 SOURCE_TFT = "tft"
 SOURCE_WARMING_UP = "warming_up"
+SOURCE_MISSING = "missing_metrics"
 
 
 @dataclass
@@ -42,6 +35,7 @@ class Forecast:
         quantiles: ``(servers, targets, horizon, 3)`` p10/p50/p90, clipped to contract ranges.
         current: ``(servers, targets)`` last observed values.
         warming_up: Servers without enough history, with the steps they have.
+        missing: Servers with enough history but no value at all for some targets in their window.
         min_history: Steps a server needs before it is forecast.
         source: Where the numbers come from.
     """
@@ -53,6 +47,7 @@ class Forecast:
     quantiles: np.ndarray
     current: np.ndarray
     warming_up: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=dict)
     min_history: int = 0
     source: str = SOURCE_TFT
 
@@ -137,6 +132,8 @@ class Forecast:
                 metric: {"source": SOURCE_WARMING_UP, "history_steps": steps, "needed_steps": self.min_history}
                 for metric in self.targets
             }
+        for server, metrics in self.missing.items():
+            out[server] = {metric: {"source": SOURCE_MISSING, "missing": metrics} for metric in self.targets}
         return out
 
 
@@ -145,93 +142,18 @@ def postprocess(raw: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
 
     Quantile regression heads can cross; sorting the three values restores p10 <= p50 <= p90
     and leaves ordered outputs unchanged.
+
+    Raises:
+        ValueError: when the network produced a non-finite value (never hidden by a fallback).
     """
     out = np.array(raw, dtype=np.float64, copy=True)
+    if not np.isfinite(out).all():
+        bad = sorted({targets[j] for j in np.nonzero(~np.isfinite(out))[1]})
+        raise ValueError(f"the network produced non-finite forecasts for {bad}")
     for j, name in enumerate(targets):
         metric = c.METRIC_BY_NAME[name]
         out[:, j] = np.clip(out[:, j], metric.low, metric.high if metric.high is not None else np.inf)
     return np.sort(out, axis=-1)
-
-
-def history_lengths(model_frame: pd.DataFrame) -> pd.Series:
-    """Return, per server, the steps from its first to its last observation."""
-    g = model_frame.groupby(c.SERVER, sort=False)[TIME_IDX]
-    return g.max() - g.min() + 1
-
-
-def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int = 256) -> Forecast:
-    """Forecast every server of ``frame`` through pytorch-forecasting's own predict path.
-
-    This is the slow, obviously-right path: it rebuilds a ``TimeSeriesDataSet`` and lets
-    ``model.predict`` run a Lightning trainer. It appends the horizon's future rows so that the
-    forecast starts one step after each server's last observation.
-
-    Args:
-        bundle: A trained or loaded bundle.
-        frame: A validated contract frame holding the bundle's targets.
-        batch_size: Servers per network call.
-    """
-    spec = bundle.spec
-    model_frame = to_model_frame(frame, spec.targets)
-    model_frame = model_frame.groupby(c.SERVER, sort=False).tail(spec.max_encoder_length).reset_index(drop=True)
-    lengths = history_lengths(model_frame)
-    ready = lengths[lengths >= spec.min_encoder_length].index
-    warming = {str(s): int(n) for s, n in lengths[lengths < spec.min_encoder_length].items()}
-    model_frame = model_frame[model_frame[c.SERVER].isin(ready)]
-    if model_frame.empty:
-        return _empty(bundle, warming)
-    dataset = spec.build(with_future(model_frame, spec.horizon), predict=True)
-    device = next(bundle.network.parameters()).device
-    with warnings.catch_warnings(), _quiet_lightning():
-        warnings.filterwarnings("ignore", r".*does not have many workers.*")
-        pred = bundle.network.predict(
-            dataset,
-            mode="quantiles",
-            return_index=True,
-            batch_size=batch_size,
-            trainer_kwargs={"accelerator": device.type, "logger": False, "enable_progress_bar": False},
-        )
-    outputs = pred.output if isinstance(pred.output, list | tuple) else [pred.output]
-    raw = np.stack([t.detach().cpu().numpy() for t in outputs], axis=1)  # (n, targets, h, 3)
-    index = pred.index.reset_index(drop=True)
-    last = model_frame.groupby(c.SERVER, sort=False).tail(1).set_index(c.SERVER)
-    servers = index[c.SERVER].astype(str).tolist()
-    return Forecast(
-        servers=servers,
-        profiles=last.loc[servers, c.PROFILE].astype(str).tolist(),
-        targets=spec.targets,
-        last_step=index[TIME_IDX].to_numpy(dtype=np.int64) - 1,
-        quantiles=postprocess(raw, spec.targets),
-        current=last.loc[servers, list(spec.targets)].to_numpy(dtype=np.float64),
-        warming_up=warming,
-        min_history=spec.min_encoder_length,
-    )
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    # model.predict builds a Trainer, which logs its hardware and tips at INFO on every call.
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:
-    n_targets, h = len(bundle.spec.targets), bundle.spec.horizon
-    return Forecast(
-        servers=[],
-        profiles=[],
-        targets=bundle.spec.targets,
-        last_step=np.zeros(0, dtype=np.int64),
-        quantiles=np.zeros((0, n_targets, h, 3)),
-        current=np.zeros((0, n_targets)),
-        warming_up=warming,
-        min_history=bundle.spec.min_encoder_length,
-    )
 
 
 def _lead(steps: int) -> str:

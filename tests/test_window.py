@@ -1,0 +1,137 @@
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from workbench import contract as c
+from workbench.inference.window import WindowStore
+
+T0 = datetime(2025, 1, 6, tzinfo=UTC)
+METRICS = ("cpu_pct", "latency_ms")
+
+
+def rows(server: str, seconds: list[int], cpu: list[float | None], latency: list[float | None] | None = None):
+    latency = latency if latency is not None else [1.0] * len(seconds)
+    return c.validate(
+        pl.DataFrame(
+            {
+                "timestamp": [T0 + timedelta(seconds=s) for s in seconds],
+                "server_name": [server] * len(seconds),
+                "cpu_pct": cpu,
+                "latency_ms": latency,
+            },
+            schema_overrides={"cpu_pct": pl.Float64, "latency_ms": pl.Float64},
+        )
+    )
+
+
+def steps(n: int, start: int = 0) -> list[int]:
+    return [(start + i) * c.STEP_SECONDS for i in range(n)]
+
+
+def read(store: WindowStore, server: str, length: int = 100) -> np.ndarray:
+    w = store.windows([server], length)
+    return w.values[0, : w.lengths[0]]
+
+
+def test_samples_within_a_step_use_each_metrics_aggregation():
+    store = WindowStore(capacity=10, metrics=METRICS)
+    report = store.ingest(rows("a", [0, 60, 120, 299], [10.0, 20.0, None, 30.0], [5.0, 50.0, 7.0, 1.0]))
+    assert report.samples == 4 and report.steps == 1 and report.new_servers == ["a"]
+    np.testing.assert_allclose(read(store, "a"), [[20.0, 50.0]])  # mean ignoring the gap, max
+
+
+def test_late_samples_merge_into_their_step_and_duplicates_change_nothing():
+    store = WindowStore(capacity=10, metrics=METRICS)
+    store.ingest(rows("a", steps(6), [float(i) for i in range(6)]))
+    store.ingest(rows("a", [2 * c.STEP_SECONDS + 10], [4.0]))  # late, out of order
+    assert read(store, "a")[2, 0] == pytest.approx(3.0)
+    before = read(store, "a").copy()
+    store.ingest(rows("a", steps(6), [float(i) for i in range(6)]))  # the same batch again
+    store.ingest(rows("a", [2 * c.STEP_SECONDS + 10], [4.0]))
+    np.testing.assert_allclose(read(store, "a"), before)
+    assert store.history("a") == 6
+
+
+def test_short_gaps_are_carried_forward_and_reported():
+    store = WindowStore(capacity=20, metrics=METRICS, max_gap_steps=3)
+    store.ingest(rows("a", steps(4), [1.0, 2.0, 3.0, 4.0]))
+    report = store.ingest(rows("a", steps(2, start=7), [8.0, 9.0]))
+    assert report.gap_steps == {"a": 3} and report.restarted == []
+    assert store.history("a") == 9
+    np.testing.assert_allclose(read(store, "a")[:, 0], [1, 2, 3, 4, 4, 4, 4, 8, 9])
+
+
+def test_a_long_gap_restarts_the_history():
+    store = WindowStore(capacity=20, metrics=METRICS, max_gap_steps=3)
+    store.ingest(rows("a", steps(10), [1.0] * 10))
+    report = store.ingest(rows("a", steps(2, start=15), [5.0, 6.0]))
+    assert report.restarted == ["a"] and store.history("a") == 2
+    np.testing.assert_allclose(read(store, "a")[:, 0], [5.0, 6.0])
+    # Late samples that close the gap join the two runs again.
+    store.ingest(rows("a", steps(1, start=10), [7.0]))  # the gap is still 4 steps long
+    assert store.history("a") == 2
+    store.ingest(rows("a", steps(4, start=11), [8.0] * 4))
+    assert store.history("a") == 17
+
+
+def test_samples_older_than_the_window_are_dropped_and_history_is_capped():
+    store = WindowStore(capacity=5, metrics=METRICS)
+    store.ingest(rows("a", steps(12), [float(i) for i in range(12)]))
+    assert store.history("a") == 5
+    np.testing.assert_allclose(read(store, "a")[:, 0], [7, 8, 9, 10, 11])
+    assert store.ingest(rows("a", steps(1, start=3), [99.0])).too_old == 1
+    np.testing.assert_allclose(read(store, "a")[:, 0], [7, 8, 9, 10, 11])
+
+
+def test_a_metric_missing_in_some_steps_is_filled_and_one_never_seen_stays_nan():
+    store = WindowStore(capacity=10, metrics=(*METRICS, "mem_pct"))
+    frame = rows("a", steps(4), [None, 2.0, None, 4.0], [None] * 4).with_columns(pl.lit(1.0).alias("mem_pct"))
+    store.ingest(frame)
+    values = read(store, "a")
+    np.testing.assert_allclose(values[:, 0], [2.0, 2.0, 2.0, 4.0])  # leading value back-filled
+    assert np.isnan(values[:, 1]).all() and (values[:, 2] == 1.0).all()
+
+
+def test_a_step_without_any_value_is_not_history():
+    store = WindowStore(capacity=10, metrics=METRICS)
+    store.ingest(rows("a", steps(3), [None, 1.0, 2.0], [None, 1.0, 1.0]))
+    assert store.history("a") == 2
+
+
+def test_windows_are_left_aligned_with_their_lengths():
+    store = WindowStore(capacity=10, metrics=METRICS)
+    store.ingest(pl.concat([rows("a", steps(8), [1.0] * 8), rows("b", steps(3, start=5), [2.0] * 3)]))
+    w = store.windows(["a", "b"], 6)
+    t0_step = int(T0.timestamp()) // c.STEP_SECONDS
+    assert w.lengths.tolist() == [6, 3] and (w.last_step - t0_step).tolist() == [7, 7]
+    assert w.values.shape == (2, 6, 2)
+    assert (w.values[1, 3:] == 0).all() and (w.values[1, :3, 0] == 2.0).all()
+    assert w.profiles == ["generic", "generic"]
+
+
+def test_memory_stays_bounded_for_a_fleet_that_keeps_adding_servers():
+    store = WindowStore(capacity=12, metrics=METRICS, max_servers=40)
+    evicted = 0
+    for wave in range(25):  # 500 distinct servers, 20 new ones per step
+        batch = c.validate(
+            pl.DataFrame(
+                {
+                    "timestamp": [T0 + timedelta(seconds=wave * c.STEP_SECONDS)] * 20,
+                    "server_name": [f"s{wave}-{i}" for i in range(20)],
+                    "cpu_pct": [1.0] * 20,
+                }
+            )
+        )
+        evicted += len(store.ingest(batch).evicted)
+    assert len(store.servers) <= 40
+    assert evicted == 500 - len(store.servers)
+    assert store.nbytes <= 64 * 12 * 2 * 20  # rows x capacity x metrics x bytes per cell
+
+
+def test_idle_servers_are_evicted():
+    store = WindowStore(capacity=6, metrics=METRICS)
+    store.ingest(pl.concat([rows("old", steps(2), [1.0, 1.0]), rows("new", steps(2), [1.0, 1.0])]))
+    report = store.ingest(rows("new", steps(1, start=9), [1.0]))
+    assert report.evicted == ["old"] and store.servers == ["new"]

@@ -1,0 +1,164 @@
+"""The inference engine: rolling windows in, a batched TFT forecast of the whole fleet out.
+
+The fast path never builds a ``TimeSeriesDataSet``, a dataloader or a Lightning ``Trainer``:
+it reads the windows, builds the network's tensors (:mod:`workbench.inference.inputs`) and
+calls the network in batches under ``torch.inference_mode()``, on CPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from workbench.inference.forecast import Forecast, postprocess
+from workbench.inference.inputs import build_inputs
+from workbench.inference.speedups import optimise
+from workbench.inference.window import IngestReport, Windows, WindowStore
+from workbench.model.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class WarmupStatus:
+    """Warm-up progress of the fleet.
+
+    Attributes:
+        needed_steps: Steps a server needs before it is forecast.
+        servers: Steps each server has (capped at ``needed_steps``).
+        ready: Servers with enough history.
+    """
+
+    needed_steps: int
+    servers: dict[str, int]
+    ready: int
+
+    @property
+    def total(self) -> int:
+        """Servers known."""
+        return len(self.servers)
+
+    @property
+    def progress(self) -> float:
+        """Fleet progress in [0, 1]: the mean of each server's progress (1 when the fleet is empty)."""
+        if not self.servers:
+            return 1.0
+        return float(np.mean([min(n, self.needed_steps) / self.needed_steps for n in self.servers.values()]))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the status as the REST ``warmup`` object."""
+        return {
+            "is_warmed_up": self.total > 0 and self.ready == self.total,
+            "progress_percent": round(100 * self.progress, 1),
+            "threshold": self.needed_steps,
+            "ready_servers": self.ready,
+            "total_servers": self.total,
+            "servers": {s: min(n, self.needed_steps) for s, n in self.servers.items()},
+        }
+
+
+class Engine:
+    """Holds the fleet's windows and forecasts every ready server with one bundle."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        batch_size: int = 1024,
+        max_gap_steps: int = 6,
+        max_servers: int = 100_000,
+        fast: bool = True,
+    ) -> None:
+        """Create an engine around a loaded bundle.
+
+        Args:
+            bundle: The model; its network stays on the device it was loaded to.
+            batch_size: Servers per network call.
+            max_gap_steps: Longest gap carried forward before a server's warm-up restarts.
+            max_servers: Most servers held in memory.
+            fast: Apply the output-preserving speed-ups of :mod:`workbench.inference.speedups`.
+        """
+        self.bundle = bundle
+        self.spec = bundle.spec
+        self.batch_size = batch_size
+        self.network = optimise(bundle.network) if fast else bundle.network
+        self.device = next(self.network.parameters()).device
+        self.store = WindowStore(
+            self.spec.max_encoder_length, self.spec.targets, max_gap_steps=max_gap_steps, max_servers=max_servers
+        )
+        self.last_seconds = 0.0
+
+    def ingest(self, frame: pl.DataFrame) -> IngestReport:
+        """Add validated contract rows to the windows (see :meth:`WindowStore.ingest`)."""
+        return self.store.ingest(frame)
+
+    def warmup(self) -> WarmupStatus:
+        """Return per-server and fleet warm-up progress."""
+        hist = self.store.histories()
+        need = self.spec.min_encoder_length
+        return WarmupStatus(need, hist, sum(1 for n in hist.values() if n >= need))
+
+    def forecast(self, servers: list[str] | None = None) -> Forecast:
+        """Forecast ``servers`` (default: all held) that have enough history; list the others as warming up."""
+        started = time.perf_counter()
+        hist = self.store.histories()
+        names = list(hist) if servers is None else [s for s in servers if s in hist]
+        need = self.spec.min_encoder_length
+        ready = [s for s in names if hist[s] >= need]
+        warming = {s: hist[s] for s in names if hist[s] < need}
+        windows = self.store.windows(ready, self.spec.max_encoder_length)
+        # Reading fills every gap, so a target still NaN at the first step has no value in the window.
+        absent = np.isnan(windows.values[:, 0, :]) if len(ready) else np.zeros((0, len(self.spec.targets)), bool)
+        missing = {
+            s: [t for t, a in zip(self.spec.targets, row, strict=True) if a]
+            for s, row in zip(ready, absent, strict=True)
+            if row.any()
+        }
+        if missing:
+            windows = _select(windows, ~absent.any(axis=1))
+        raw = self.predict(windows)
+        self.last_seconds = time.perf_counter() - started
+        return Forecast(
+            servers=windows.servers,
+            profiles=windows.profiles,
+            targets=self.spec.targets,
+            last_step=windows.last_step,
+            quantiles=postprocess(raw, self.spec.targets),
+            current=_current(windows),
+            warming_up=warming,
+            missing=missing,
+            min_history=need,
+        )
+
+    def predict(self, windows: Windows) -> np.ndarray:
+        """Run the network on windows in batches; return raw ``(servers, targets, horizon, 3)`` quantiles."""
+        n_targets, h = len(self.spec.targets), self.spec.horizon
+        out = np.empty((len(windows.servers), n_targets, h, 3), dtype=np.float32)
+        with torch.inference_mode():
+            for lo in range(0, len(windows.servers), self.batch_size):
+                part = _select(windows, slice(lo, lo + self.batch_size))
+                x = build_inputs(part, self.spec, self.bundle.hparams, self.device)
+                pred = self.network(x)["prediction"]
+                pred = pred if isinstance(pred, list | tuple) else [pred]
+                out[lo : lo + len(part.servers)] = torch.stack(pred, dim=1).float().cpu().numpy()
+        return out
+
+
+def _select(windows: Windows, which: Any) -> Windows:
+    idx = np.arange(len(windows.servers))[which]
+    length = int(windows.lengths[idx].max()) if len(idx) else 0
+    return Windows(
+        servers=[windows.servers[i] for i in idx],
+        profiles=[windows.profiles[i] for i in idx],
+        values=windows.values[idx, :length],
+        lengths=windows.lengths[idx],
+        last_step=windows.last_step[idx],
+    )
+
+
+def _current(windows: Windows) -> np.ndarray:
+    rows = np.arange(len(windows.servers))
+    return windows.values[rows, windows.lengths - 1].astype(np.float64)

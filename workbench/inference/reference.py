@@ -1,0 +1,98 @@
+"""pytorch-forecasting's own predict path: the slow, obviously-right reference forecast."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from workbench import contract as c
+from workbench.features import TIME_IDX, to_model_frame, with_future
+from workbench.inference.forecast import Forecast, postprocess
+from workbench.model.bundle import Bundle
+
+
+def history_lengths(model_frame: pd.DataFrame) -> pd.Series:
+    """Return, per server, the steps from its first to its last observation."""
+    g = model_frame.groupby(c.SERVER, sort=False)[TIME_IDX]
+    return g.max() - g.min() + 1
+
+
+def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int = 256) -> Forecast:
+    """Forecast every server of ``frame`` through pytorch-forecasting's own predict path.
+
+    This is the slow, obviously-right path: it rebuilds a ``TimeSeriesDataSet`` and lets
+    ``model.predict`` run a Lightning trainer. It appends the horizon's future rows so that the
+    forecast starts one step after each server's last observation.
+
+    Args:
+        bundle: A trained or loaded bundle.
+        frame: A validated contract frame holding the bundle's targets.
+        batch_size: Servers per network call.
+    """
+    spec = bundle.spec
+    model_frame = to_model_frame(frame, spec.targets)
+    model_frame = model_frame.groupby(c.SERVER, sort=False).tail(spec.max_encoder_length).reset_index(drop=True)
+    lengths = history_lengths(model_frame)
+    ready = lengths[lengths >= spec.min_encoder_length].index
+    warming = {str(s): int(n) for s, n in lengths[lengths < spec.min_encoder_length].items()}
+    model_frame = model_frame[model_frame[c.SERVER].isin(ready)]
+    if model_frame.empty:
+        return _empty(bundle, warming)
+    dataset = spec.build(with_future(model_frame, spec.horizon), predict=True)
+    device = next(bundle.network.parameters()).device
+    with warnings.catch_warnings(), _quiet_lightning():
+        warnings.filterwarnings("ignore", r".*does not have many workers.*")
+        pred = bundle.network.predict(
+            dataset,
+            mode="quantiles",
+            return_index=True,
+            batch_size=batch_size,
+            trainer_kwargs={"accelerator": device.type, "logger": False, "enable_progress_bar": False},
+        )
+    outputs = pred.output if isinstance(pred.output, list | tuple) else [pred.output]
+    raw = np.stack([t.detach().cpu().numpy() for t in outputs], axis=1)  # (n, targets, h, 3)
+    index = pred.index.reset_index(drop=True)
+    last = model_frame.groupby(c.SERVER, sort=False).tail(1).set_index(c.SERVER)
+    servers = index[c.SERVER].astype(str).tolist()
+    return Forecast(
+        servers=servers,
+        profiles=last.loc[servers, c.PROFILE].astype(str).tolist(),
+        targets=spec.targets,
+        last_step=index[TIME_IDX].to_numpy(dtype=np.int64) - 1,
+        quantiles=postprocess(raw, spec.targets),
+        current=last.loc[servers, list(spec.targets)].to_numpy(dtype=np.float64),
+        warming_up=warming,
+        min_history=spec.min_encoder_length,
+    )
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    # model.predict builds a Trainer, which logs its hardware and tips at INFO on every call.
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:
+    n_targets, h = len(bundle.spec.targets), bundle.spec.horizon
+    return Forecast(
+        servers=[],
+        profiles=[],
+        targets=bundle.spec.targets,
+        last_step=np.zeros(0, dtype=np.int64),
+        quantiles=np.zeros((0, n_targets, h, 3)),
+        current=np.zeros((0, n_targets)),
+        warming_up=warming,
+        min_history=bundle.spec.min_encoder_length,
+    )

@@ -1,0 +1,312 @@
+"""Rolling per-server windows on the step grid, fed by samples at any cadence.
+
+Each server owns one row of fixed-size ring buffers (``capacity`` steps × metrics), indexed
+by ``step % capacity``, so memory is bounded by ``max_servers × capacity × metrics`` whatever
+the fleet does. Samples within a step are combined with the contract's aggregation (mean or
+max); late samples inside the window are merged into their step; duplicates of a sample do not
+change a mean or a max. Steps without data inside a short gap are carried forward when read;
+a gap longer than ``max_gap_steps`` restarts that server's history (and its warm-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from workbench import contract as c
+
+_PROFILE_CODES = {p: i for i, p in enumerate(c.PROFILES)}
+
+
+@dataclass
+class IngestReport:
+    """What one :meth:`WindowStore.ingest` call did.
+
+    Attributes:
+        samples: Samples received.
+        steps: Distinct (server, step) buckets they fell into.
+        new_servers: Servers seen for the first time.
+        restarted: Servers whose history restarted after a gap longer than the limit.
+        gap_steps: Servers with steps missing inside an allowed gap, and how many (carried forward).
+        too_old: Samples older than the window (or than a restart), dropped.
+        evicted: Servers dropped to keep memory bounded.
+    """
+
+    samples: int = 0
+    steps: int = 0
+    new_servers: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    gap_steps: dict[str, int] = field(default_factory=dict)
+    too_old: int = 0
+    evicted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Windows:
+    """Read-out of some servers' windows, left-aligned (index 0 is the oldest step used).
+
+    Attributes:
+        servers: Server names, one per row.
+        profiles: Their profiles.
+        values: ``(servers, length, metrics)``; rows past ``lengths`` are zero.
+        lengths: Steps of history in each row.
+        last_step: Global step index of each server's last step.
+    """
+
+    servers: list[str]
+    profiles: list[str]
+    values: np.ndarray
+    lengths: np.ndarray
+    last_step: np.ndarray
+
+
+class WindowStore:
+    """Per-server ring buffers of the last ``capacity`` steps of each metric."""
+
+    def __init__(
+        self,
+        capacity: int,
+        metrics: tuple[str, ...] = c.METRIC_NAMES,
+        *,
+        max_gap_steps: int = 6,
+        max_servers: int = 100_000,
+        idle_steps: int | None = None,
+    ) -> None:
+        """Create an empty store.
+
+        Args:
+            capacity: Steps kept per server (the model's longest encoder).
+            metrics: Metrics kept, in column order.
+            max_gap_steps: Longest run of missing steps that is carried forward; a longer gap
+                restarts the server's history.
+            max_servers: Most servers held; beyond it the least recently updated is evicted.
+            idle_steps: Evict a server whose last step is this far behind the newest step
+                (default: ``capacity``, when its window would hold nothing useful anyway).
+        """
+        self.capacity = capacity
+        self.metrics = tuple(c.check_metric_names(metrics))
+        self.max_gap_steps = max_gap_steps
+        self.max_servers = max_servers
+        self.idle_steps = capacity if idle_steps is None else idle_steps
+        self._is_max = np.array([c.METRIC_BY_NAME[m].aggregation == "max" for m in self.metrics])
+        self._names: list[str | None] = []
+        self._index: dict[str, int] = {}
+        self._free: list[int] = []
+        m = len(self.metrics)
+        self._sum = np.zeros((0, capacity, m), dtype=np.float64)
+        self._cnt = np.zeros((0, capacity, m), dtype=np.int32)
+        self._max = np.zeros((0, capacity, m), dtype=np.float64)
+        self._last = np.zeros(0, dtype=np.int64)
+        self._profile = np.zeros(0, dtype=np.int16)
+        self._alloc(16)
+
+    # ------------------------------------------------------------------ storage
+
+    def _alloc(self, rows: int) -> None:
+        """Grow every per-server array to ``rows`` rows; new rows are empty and free."""
+        old = len(self._names)
+        cap, m = self.capacity, len(self.metrics)
+        self._sum = _grow(self._sum, (rows, cap, m), 0.0)
+        self._cnt = _grow(self._cnt, (rows, cap, m), 0)
+        self._max = _grow(self._max, (rows, cap, m), -np.inf)
+        self._last = _grow(self._last, (rows,), -1)
+        self._profile = _grow(self._profile, (rows,), 0)
+        self._names.extend([None] * (rows - old))
+        self._free.extend(range(rows - 1, old - 1, -1))
+
+    def _slot(self, name: str, report: IngestReport) -> int:
+        slot = self._index.get(name)
+        if slot is not None:
+            return slot
+        if len(self._index) >= self.max_servers:
+            self._evict(self._stalest(), report)
+        if not self._free:
+            self._alloc(min(max(2 * len(self._names), 16), max(self.max_servers, 16)))
+        slot = self._free.pop()
+        self._index[name] = slot
+        self._names[slot] = name
+        report.new_servers.append(name)
+        return slot
+
+    def _stalest(self) -> str:
+        slots = np.fromiter(self._index.values(), dtype=np.int64)
+        return str(self._names[int(slots[np.argmin(self._last[slots])])])
+
+    def _evict(self, name: str, report: IngestReport) -> None:
+        slot = self._index.pop(name)
+        self._names[slot] = None
+        self._clear(np.array([slot]), np.ones((1, self.capacity), dtype=bool))
+        self._last[slot] = -1
+        self._free.append(slot)
+        report.evicted.append(name)
+
+    def _clear(self, slots: np.ndarray, mask: np.ndarray) -> None:
+        rows, pos = np.nonzero(mask)
+        self._sum[slots[rows], pos] = 0.0
+        self._cnt[slots[rows], pos] = 0
+        self._max[slots[rows], pos] = -np.inf
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the ring buffers."""
+        return int(self._sum.nbytes + self._cnt.nbytes + self._max.nbytes)
+
+    @property
+    def servers(self) -> list[str]:
+        """Servers currently held."""
+        return list(self._index)
+
+    # ------------------------------------------------------------------ writing
+
+    def ingest(self, frame: pl.DataFrame) -> IngestReport:
+        """Add validated contract rows (any cadence, any order) to the windows.
+
+        Args:
+            frame: Rows that passed :func:`workbench.contract.validate` (or ``validate_records``).
+
+        Returns:
+            What happened: new servers, restarts, carried-forward gaps, dropped samples.
+        """
+        report = IngestReport(samples=frame.height)
+        if frame.height == 0:
+            return report
+        buckets = self._bucket(frame)
+        report.steps = buckets.height
+        names = buckets[c.SERVER].to_list()
+        slot_of = {name: self._slot(name, report) for name in dict.fromkeys(names)}
+        slots = np.fromiter((slot_of[n] for n in names), dtype=np.int64, count=len(names))
+        steps = buckets["step"].to_numpy().astype(np.int64)
+        last_rows = buckets.select(c.SERVER, c.PROFILE).unique(c.SERVER, keep="last")
+        for name, profile in last_rows.iter_rows():
+            self._profile[slot_of[name]] = _PROFILE_CODES.get(profile, _PROFILE_CODES[c.DEFAULT_PROFILE])
+        last = self._advance(slots, steps, report)
+        accept = steps > last[slots] - self.capacity
+        report.too_old = int(report.samples - buckets["samples"].to_numpy()[accept].sum())
+        pos = steps[accept] % self.capacity
+        rows = slots[accept]
+        m = len(self.metrics)
+        block = buckets.select(pl.exclude(c.SERVER, c.PROFILE, "step", "samples")).to_numpy()[accept]
+        self._sum[rows, pos] += block[:, :m]
+        self._cnt[rows, pos] += block[:, m : 2 * m].astype(np.int32)
+        self._max[rows, pos] = np.fmax(self._max[rows, pos], block[:, 2 * m :])
+        self._last = last
+        self._evict_idle(report)
+        return report
+
+    def _bucket(self, frame: pl.DataFrame) -> pl.DataFrame:
+        present = [m for m in self.metrics if m in frame.columns]
+        data = frame.with_columns(*(pl.lit(None, pl.Float64).alias(m) for m in self.metrics if m not in present))
+        return (
+            data.group_by(c.SERVER, (pl.col(c.TIMESTAMP).dt.epoch("s") // c.STEP_SECONDS).alias("step"))
+            .agg(
+                pl.col(c.PROFILE).last(),
+                pl.len().alias("samples"),
+                *(pl.col(m).sum().alias(f"sum_{m}") for m in self.metrics),
+                *(pl.col(m).count().alias(f"cnt_{m}") for m in self.metrics),
+                *(pl.col(m).max().fill_null(-np.inf).alias(f"max_{m}") for m in self.metrics),
+            )
+            .sort(c.SERVER, "step")
+        )
+
+    def _advance(self, slots: np.ndarray, steps: np.ndarray, report: IngestReport) -> np.ndarray:
+        """Move each server's last step forward, report gaps and restarts, clear the reused positions."""
+        old_last = self._last.copy()
+        last = self._last.copy()
+        new = steps > old_last[slots]
+        ns, st = slots[new], steps[new]  # sorted by server then step
+        prev = np.empty_like(st)
+        prev[1:] = st[:-1]
+        boundary = np.ones(len(st), dtype=bool)
+        boundary[1:] = ns[1:] != ns[:-1]
+        prev[boundary] = old_last[ns[boundary]]
+        gap = st - prev - 1
+        restart = (prev < 0) | (gap > self.max_gap_steps)
+        np.maximum.at(last, ns, st)
+        for slot in np.unique(ns[restart & (prev >= 0)]):
+            report.restarted.append(str(self._names[slot]))
+        filled = ~restart & (gap > 0)
+        gaps = np.zeros(len(self._names), dtype=np.int64)
+        np.add.at(gaps, ns[filled], gap[filled])
+        for slot in np.nonzero(gaps)[0]:
+            report.gap_steps[str(self._names[slot])] = int(gaps[slot])
+        moved = np.unique(ns)
+        advance = np.minimum(last[moved] - old_last[moved], self.capacity)
+        advance[old_last[moved] < 0] = self.capacity
+        offset = (np.arange(self.capacity)[None, :] - (old_last[moved] + 1)[:, None]) % self.capacity
+        self._clear(moved, offset < advance[:, None])
+        return last
+
+    def _evict_idle(self, report: IngestReport) -> None:
+        if not self._index:
+            return
+        newest = int(self._last.max())
+        for name in [n for n, s in self._index.items() if newest - self._last[s] > self.idle_steps]:
+            self._evict(name, report)
+
+    # ------------------------------------------------------------------ reading
+
+    def history(self, name: str) -> int:
+        """Return the steps of usable history of ``name`` (0 for an unknown server), capped at capacity."""
+        slot = self._index.get(name)
+        return 0 if slot is None else int(self._histories(np.array([slot]))[0])
+
+    def histories(self) -> dict[str, int]:
+        """Return :meth:`history` of every server held."""
+        slots = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
+        return dict(zip(self._index, self._histories(slots).tolist(), strict=True))
+
+    def _histories(self, slots: np.ndarray) -> np.ndarray:
+        """Steps from the start of each server's current run (after its last long gap) to its last step.
+
+        Derived from which steps hold data, so samples arriving out of order extend a history
+        backwards just as in-order ones extend it forwards.
+        """
+        t = np.arange(self.capacity)
+        steps = self._last[slots, None] - self.capacity + 1 + t[None, :]  # oldest first
+        present = self._cnt[slots[:, None], steps % self.capacity].any(axis=-1) & (steps >= 0)
+        seen = np.where(present, t[None, :], -1)
+        prev = np.full_like(seen, -1)
+        prev[:, 1:] = np.maximum.accumulate(seen, axis=1)[:, :-1]
+        starts = present & ((prev < 0) | (t[None, :] - prev - 1 > self.max_gap_steps))
+        start = np.where(starts, t[None, :], -1).max(axis=1)
+        return np.where(start >= 0, self.capacity - start, 0)
+
+    def windows(self, names: list[str], length: int) -> Windows:
+        """Return the last ``length`` steps (fewer when history is shorter) of ``names``.
+
+        Missing steps and values are carried forward from the previous step (a leading gap is
+        filled from the first value); a metric with no value in the whole window stays NaN.
+        """
+        slots = np.array([self._index[n] for n in names], dtype=np.int64)
+        lengths = np.minimum(self._histories(slots), min(length, self.capacity))
+        t = np.arange(length)
+        steps = (self._last[slots] - lengths + 1)[:, None] + t[None, :]
+        valid = t[None, :] < lengths[:, None]
+        pos = steps % self.capacity
+        cnt = self._cnt[slots[:, None], pos]
+        mean = self._sum[slots[:, None], pos] / np.maximum(cnt, 1)
+        values = np.where(self._is_max, self._max[slots[:, None], pos], mean)
+        values[(cnt == 0) | ~valid[..., None]] = np.nan
+        values = _fill_along_time(values)
+        values[~valid] = 0.0
+        profiles = [c.PROFILES[int(p)] for p in self._profile[slots]]
+        return Windows(list(names), profiles, values, lengths.astype(np.int64), self._last[slots].copy())
+
+
+def _grow(array: np.ndarray, shape: tuple[int, ...], fill: float) -> np.ndarray:
+    out = np.full(shape, fill, dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+def _fill_along_time(values: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN along axis 1, then back-fill the leading NaN."""
+    n, t, m = values.shape
+    ok = ~np.isnan(values)
+    idx = np.where(ok, np.arange(t)[None, :, None], -1)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    first_ok = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)  # (n, m)
+    idx = np.where(idx < 0, first_ok[:, None, :], idx)
+    return np.take_along_axis(values, idx, axis=1)
