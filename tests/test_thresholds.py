@@ -12,6 +12,13 @@ def test_defaults_and_profile_overrides():
     assert t.level("net_in_mb_s") is None
 
 
+def test_a_profile_override_keeps_that_profiles_other_defaults():
+    t = Thresholds.from_dict({"profiles": {"database": {"cpu_pct": {"warning": 60, "critical": 70}}}})
+    assert t.level("cpu_pct", "database") == Level(60.0, 70.0)
+    assert t.level("latency_ms", "database") == Level(50.0, 150.0)
+    assert Thresholds().level("cpu_pct", "database") == Level(80.0, 95.0)
+
+
 def test_from_dict_round_trips_and_replaces_only_what_is_given():
     t = Thresholds.from_dict({"levels": {"cpu_pct": {"warning": 70, "critical": 90}}})
     assert t.level("cpu_pct") == Level(70.0, 90.0) and t.level("mem_pct") == Level(85.0, 95.0)

@@ -53,7 +53,9 @@ class Thresholds:
     """
 
     levels: Mapping[str, Level] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
-    profiles: Mapping[str, Mapping[str, Level]] = field(default_factory=lambda: dict(DEFAULT_PROFILE_LEVELS))
+    profiles: Mapping[str, Mapping[str, Level]] = field(
+        default_factory=lambda: {p: dict(t) for p, t in DEFAULT_PROFILE_LEVELS.items()}
+    )
 
     def __post_init__(self) -> None:
         for where, table in [("levels", self.levels), *[(f"profiles.{p}", t) for p, t in self.profiles.items()]]:
@@ -75,14 +77,17 @@ class Thresholds:
     def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
         """Build from ``{"levels": {metric: {warning, critical}}, "profiles": {profile: {...}}}``.
 
-        Missing sections keep the defaults; given metrics replace the default of that metric.
+        Missing sections keep the defaults; a given metric replaces the default of that metric
+        only (for a profile too: other metrics keep their default per-profile levels).
         """
         unknown = sorted(set(data) - {"levels", "profiles"})
         if unknown:
             raise ConfigError(f"thresholds: unknown section(s) {unknown}; allowed: levels, profiles")
         levels = {**DEFAULT_LEVELS, **_levels("levels", data.get("levels", {}))}
-        profiles = {p: _levels(f"profiles.{p}", t) for p, t in data.get("profiles", {}).items()}
-        return cls(levels, {**DEFAULT_PROFILE_LEVELS, **profiles})
+        profiles = {p: dict(t) for p, t in DEFAULT_PROFILE_LEVELS.items()}
+        for profile, table in data.get("profiles", {}).items():
+            profiles.setdefault(profile, {}).update(_levels(f"profiles.{profile}", table))
+        return cls(levels, profiles)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Thresholds:
