@@ -38,6 +38,25 @@ def test_generate_writes_a_dataset_and_refuses_to_overwrite(runner, tmp_path):
 def test_generate_validates_its_options(runner, tmp_path):
     result = runner.invoke(main, ["generate", "--servers", "0", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "0 is not in the range 1<=x<=100000" in result.output
+    scenario = runner.invoke(main, ["generate", "--scenario", "chaos", "--out", str(tmp_path)])
+    assert scenario.exit_code == 2 and "'healthy', 'degrading', 'critical'" in scenario.output
+
+
+def test_generate_writes_the_ground_truth_and_counts_incidents(runner, tmp_path):
+    from workbench.data import read_frame, read_incidents
+
+    out = tmp_path / "fleet"
+    args = ["generate", "--servers", "10", "--days", "2", "--seed", "3", "--scenario", "critical", "--out", str(out)]
+    result = runner.invoke(main, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    incidents = read_incidents(out)
+    assert incidents.height > 0
+    counts = dict(incidents.group_by("incident_type").len().iter_rows())
+    line = result.output.splitlines()[-1]
+    assert line.startswith(f"{incidents.height} incidents (critical, 3 servers affected): memory_leak ")
+    assert all(f"{kind} {n}" in line for kind, n in counts.items())
+    assert set(incidents["scenario"]) == {"critical"}
+    assert read_frame(out).height == 10 * 2 * 288
 
 
 def test_forecast_prints_a_table_json_and_csv(runner, tiny_bundle_dir, tiny_fleet_dir, tmp_path):

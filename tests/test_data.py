@@ -1,13 +1,22 @@
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from workbench import contract
-from workbench.data import fingerprint, read_frame, write_parquet
+from workbench.data import fingerprint, read_frame, read_incidents, write_incidents, write_parquet
 from workbench.errors import ContractError
-from workbench.simulator import generate
+from workbench.simulator import (
+    GROUND_TRUTH_SCHEMA,
+    INCIDENT_TYPES,
+    BatchRun,
+    SimulatorConfig,
+    generate,
+    make_fleet,
+    simulate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +93,55 @@ def test_fingerprint_known_value() -> None:
     # Pins the algorithm: a change here invalidates the fingerprints stored in existing bundles.
     tiny = pl.DataFrame({"a": ["x", None, "y"], "b": [1, None, 2]})
     assert fingerprint(tiny) == "8275626c4c966d74"
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    config = SimulatorConfig(incident_rates=dict.fromkeys(INCIDENT_TYPES, 1.0))
+    return simulate(make_fleet(4, seed=2), 1.5, config=config)
+
+
+def test_ground_truth_is_written_beside_the_metrics(simulated, tmp_path: Path) -> None:
+    out = write_parquet(simulated.metrics, tmp_path / "ds", incidents=simulated.incidents)
+    assert (out / "incidents.parquet").is_file()
+    back = read_incidents(out)
+    assert back.height > 3 and back.equals(simulated.incidents)
+    assert read_incidents(out / "incidents.parquet").equals(back)
+    assert read_frame(out).equals(simulated.metrics)  # the ground truth is not read as metrics
+
+
+def test_missing_ground_truth_reads_as_an_empty_table(simulated, tmp_path: Path) -> None:
+    write_parquet(simulated.metrics, tmp_path, incidents=simulated.incidents)
+    write_parquet(simulated.metrics, tmp_path, overwrite=True)  # no incidents: the stale file goes
+    empty = read_incidents(tmp_path)
+    assert empty.height == 0 and empty.schema == pl.Schema(GROUND_TRUTH_SCHEMA)
+    with pytest.raises(FileNotFoundError):
+        read_incidents(tmp_path / "nowhere")
+
+
+def test_ground_truth_without_its_columns_is_refused(simulated, tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="onset"):
+        write_parquet(simulated.metrics, tmp_path, incidents=simulated.incidents.drop("onset"))
+    simulated.incidents.drop("metric").write_parquet(tmp_path / "incidents.parquet")
+    with pytest.raises(ContractError, match="metric") as info:
+        read_incidents(tmp_path)
+    assert any("incidents.parquet" in note for note in info.value.__notes__)
+
+
+def test_chunks_write_the_same_dataset_as_one_frame(tmp_path: Path) -> None:
+    fleet, start = make_fleet(3, seed=5), datetime(2025, 1, 6, 18, tzinfo=UTC)
+    run = BatchRun(fleet, 1.5, start=start)
+    out = write_parquet(run.frames(), tmp_path / "chunks")
+    write_incidents(run.incidents(), out)
+    whole = simulate(fleet, 1.5, start=start)
+    parts = sorted(p.relative_to(out / "metrics").as_posix() for p in out.rglob("*.parquet") if p.parent != out)
+    assert parts == [
+        "date=2025-01-06/part-0.parquet",
+        "date=2025-01-07/part-0.parquet",
+        "date=2025-01-07/part-1.parquet",  # the second simulated day starts at 18:00
+        "date=2025-01-08/part-0.parquet",
+    ]
+    assert read_frame(out).equals(whole.metrics)
+    assert read_incidents(out).equals(whole.incidents)
+    with pytest.raises(RuntimeError, match="once"):
+        next(run.frames())

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from workbench.data import read_incidents
+from workbench.simulator import INCIDENT_TYPES
+
 papermill = pytest.importorskip("papermill")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -25,9 +28,15 @@ def run(name: str, tmp_path: Path, **parameters) -> dict:
 
 
 def test_generate_then_train_notebooks(tmp_path):
-    generated = run("01_generate_data", tmp_path, servers=7, days=2.0, seed=1, out_dir="fleet", plot_servers=2)
+    generated = run(
+        "01_generate_data", tmp_path, servers=7, days=2.0, seed=1, scenario="critical", out_dir="fleet", plot_servers=2
+    )
     assert generated["rows"] == 7 * 2 * 288 and generated["servers"] == 7
-    assert set(generated) == {"rows", "servers", "days", "seconds", "rows_per_second"}
+    keys = {"rows", "servers", "days", "seconds", "rows_per_second", "scenario", "affected_servers", "incidents"}
+    assert set(generated) == keys
+    assert generated["scenario"] == "critical" and generated["affected_servers"] == 2
+    assert set(generated["incidents"]) == set(INCIDENT_TYPES)
+    assert sum(generated["incidents"].values()) == read_incidents(tmp_path / "fleet").height > 0
 
     trained = run("02_train", tmp_path, data_dir="fleet", bundle_dir="bundle", preset="tiny", targets="cpu_pct,mem_pct")
     assert set(trained) == {"epochs", "best_val_loss", "seconds", "servers", "targets", "forecast_servers"}

@@ -15,6 +15,7 @@ import yaml
 
 from workbench import contract as c
 from workbench.errors import WorkbenchError
+from workbench.simulator.scenarios import SCENARIO_NAMES
 
 _PATH = click.Path(path_type=Path)
 
@@ -55,6 +56,13 @@ def main(verbose: bool) -> None:
 @click.option("--days", type=click.FloatRange(min=1 / 288, max=3660), default=7.0, show_default=True, help="Days.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data.")
 @click.option(
+    "--scenario",
+    type=click.Choice(SCENARIO_NAMES),
+    default="healthy",
+    show_default=True,
+    help="Incident rates and intensities: degrading and critical hit a seeded subset of servers harder.",
+)
+@click.option(
     "--start",
     type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M"]),
     default="2025-01-06",
@@ -64,16 +72,27 @@ def main(verbose: bool) -> None:
 @click.option("--out", type=_PATH, default=Path("data/fleet"), show_default=True, help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace data already in OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def generate(servers: int, days: float, seed: int, start: datetime, out: Path, overwrite: bool, progress: bool) -> None:
-    """Simulate a fleet and write contract-valid, date-partitioned parquet to OUT."""
-    from workbench.data import write_parquet
-    from workbench.simulator import generate as simulate
+def generate(
+    servers: int, days: float, seed: int, scenario: str, start: datetime, out: Path, overwrite: bool, progress: bool
+) -> None:
+    """Simulate a fleet and write contract-valid, date-partitioned parquet to OUT.
+
+    The incidents' ground truth (server, type, precursor start, onset, peak, end) is written
+    beside the metrics as OUT/incidents.parquet.
+    """
+    from workbench.data import write_incidents, write_parquet
+    from workbench.simulator import BatchRun, incident_counts, make_fleet
 
     began = time.perf_counter()
-    frame = simulate(servers, days, seed=seed, start=start.replace(tzinfo=UTC), progress=progress)
-    path = write_parquet(frame, out, overwrite=overwrite)
+    run = BatchRun(make_fleet(servers, seed), days, scenario=scenario, start=start.replace(tzinfo=UTC))
+    path = write_parquet(run.frames(progress=progress), out, overwrite=overwrite)
+    incidents = run.incidents()
+    write_incidents(incidents, path)
     took = time.perf_counter() - began
-    click.echo(f"wrote {frame.height:,} rows ({servers} servers x {days:g} days) to {path} in {took:.1f} s")
+    rows = servers * run.n_steps
+    click.echo(f"wrote {rows:,} rows ({servers} servers x {days:g} days) to {path} in {took:.1f} s")
+    listed = ", ".join(f"{kind} {n}" for kind, n in incident_counts(incidents).items())
+    click.echo(f"{incidents.height} incidents ({scenario}, {len(run.affected)} servers affected): {listed}")
 
 
 @main.command()

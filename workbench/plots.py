@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import polars as pl
@@ -10,6 +11,8 @@ from plotly.subplots import make_subplots
 
 from workbench import contract as c
 from workbench.inference.forecast import Forecast
+from workbench.simulator.incidents import PRIMARY_METRICS
+from workbench.thresholds import Thresholds
 
 _BAND = "rgba(31, 119, 180, 0.2)"
 
@@ -86,3 +89,142 @@ def loss_curve(history: Sequence[float]) -> go.Figure:
 def _color(k: int) -> str:
     palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
     return palette[k % len(palette)]
+
+
+# Shading of every non-healthy state (healthy stays unshaded), in contract order.
+_STATE_SHADES = dict(
+    zip(
+        c.STATES,
+        (None, "#ffbb78", "#d62728", "#c7c7c7", "#9edae5", "#ffdd71", "#7f7f7f", "#98df8a"),
+        strict=True,
+    )
+)
+
+
+def incident_timeline(
+    frame: pl.DataFrame,
+    incidents: pl.DataFrame,
+    servers: Sequence[str] | None = None,
+    *,
+    limit: int = 4,
+    thresholds: Thresholds | None = None,
+) -> go.Figure:
+    """Return one panel per server: incident metrics, shaded states and marked incidents.
+
+    Each primary incident metric is drawn as a percentage of its critical level (the dashed line
+    at 100 %), so that a precursor is seen approaching the line. Non-healthy states are shaded;
+    every incident's precursor (start to onset) is a yellow band, its onset a cross labelled
+    with its type, and its critical phase (onset to end) lies under the red ``critical_issue``
+    shading.
+
+    Args:
+        frame: Contract frame with states (e.g. simulated).
+        incidents: Ground truth (:data:`workbench.simulator.GROUND_TRUTH_SCHEMA`).
+        servers: Servers to draw; by default the ``limit`` servers with the most incidents.
+        limit: Number of servers drawn when ``servers`` is not given.
+        thresholds: Levels the metrics are scaled by (default: :class:`Thresholds`).
+    """
+    thresholds = thresholds or Thresholds()
+    names = list(servers) if servers is not None else _most_incidents(frame, incidents, limit)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names, vertical_spacing=0.06)
+    shapes: list[dict[str, Any]] = []
+    for row, server in enumerate(names, start=1):
+        part = frame.filter(pl.col(c.SERVER) == server).sort(c.TIMESTAMP)
+        mine = incidents.filter(pl.col(c.SERVER) == server)
+        _add_incident_metrics(fig, part, thresholds, row)
+        _add_onsets(fig, mine, row)
+        shapes += _state_bands(part, row) + _precursor_bands(mine, row) + [_critical_line(row)]
+        fig.update_yaxes(title_text="% of critical", row=row, col=1)
+    for state in frame.filter(pl.col(c.SERVER).is_in(names))[c.STATE].unique().sort():
+        if _STATE_SHADES.get(state):
+            marker = {"color": _STATE_SHADES[state], "symbol": "square", "size": 12}
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=marker, name=state), row=1, col=1)
+    fig.update_layout(shapes=shapes, height=280 * len(names) + 60, margin={"t": 40, "b": 30}, hovermode="x unified")
+    return fig
+
+
+def _most_incidents(frame: pl.DataFrame, incidents: pl.DataFrame, limit: int) -> list[str]:
+    counts = frame.select(c.SERVER).unique().join(incidents.group_by(c.SERVER).len(), on=c.SERVER, how="left")
+    ranked = counts.sort(pl.col("len").fill_null(0), c.SERVER, descending=[True, False])
+    return ranked[c.SERVER].head(limit).to_list()
+
+
+def _add_incident_metrics(fig: go.Figure, part: pl.DataFrame, thresholds: Thresholds, row: int) -> None:
+    profile = part[c.PROFILE][0] if part.height else c.DEFAULT_PROFILE
+    for k, metric in enumerate(PRIMARY_METRICS):
+        level = thresholds.level(metric, profile)
+        if level is None:
+            continue
+        fig.add_trace(
+            go.Scattergl(
+                x=part[c.TIMESTAMP].to_list(),
+                y=(part[metric] * (100.0 / level.critical)).to_list(),
+                name=metric,
+                legendgroup=metric,
+                showlegend=row == 1,
+                line={"width": 1, "color": _color(k)},
+            ),
+            row=row,
+            col=1,
+        )
+
+
+def _add_onsets(fig: go.Figure, mine: pl.DataFrame, row: int) -> None:
+    done = mine.drop_nulls("onset")
+    fig.add_trace(
+        go.Scatter(
+            x=done["onset"].to_list(),
+            y=[100.0] * done.height,
+            mode="markers+text",
+            text=done["incident_type"].to_list(),
+            textposition="top center",
+            marker={"symbol": "x", "size": 9, "color": "#d62728"},
+            name="onset",
+            legendgroup="onset",
+            showlegend=row == 1,
+        ),
+        row=row,
+        col=1,
+    )
+
+
+def _axes(row: int) -> tuple[str, str]:
+    suffix = "" if row == 1 else str(row)
+    return f"x{suffix}", f"y{suffix}"
+
+
+def _band(row: int, x0: Any, x1: Any, color: str, opacity: float) -> dict[str, Any]:
+    x, y = _axes(row)
+    return {
+        "type": "rect", "xref": x, "yref": f"{y} domain", "x0": x0, "x1": x1, "y0": 0, "y1": 1,
+        "fillcolor": color, "opacity": opacity, "line": {"width": 0}, "layer": "below",
+    }  # fmt: skip
+
+
+def _critical_line(row: int) -> dict[str, Any]:
+    x, y = _axes(row)
+    line = {"color": "#d62728", "dash": "dash", "width": 1}
+    return {"type": "line", "xref": f"{x} domain", "yref": y, "x0": 0, "x1": 1, "y0": 100, "y1": 100, "line": line}
+
+
+def _state_bands(part: pl.DataFrame, row: int) -> list[dict[str, Any]]:
+    step = pl.duration(seconds=c.STEP_SECONDS)
+    runs = (
+        part.with_columns(pl.col(c.STATE).rle_id().alias("run"))
+        .group_by("run", maintain_order=True)
+        .agg(
+            pl.col(c.STATE).first(),
+            pl.col(c.TIMESTAMP).min().alias("x0"),
+            (pl.col(c.TIMESTAMP).max() + step).alias("x1"),
+        )
+    )
+    return [
+        _band(row, x0, x1, _STATE_SHADES[state] or "", 0.35)
+        for state, x0, x1 in runs.select(c.STATE, "x0", "x1").iter_rows()
+        if _STATE_SHADES.get(state)
+    ]
+
+
+def _precursor_bands(mine: pl.DataFrame, row: int) -> list[dict[str, Any]]:
+    rows = mine.select("precursor_start", pl.coalesce("onset", "peak")).iter_rows()
+    return [_band(row, start, onset, "#fff176", 0.45) for start, onset in rows]

@@ -1,8 +1,10 @@
-"""Batch generation: a seeded fleet simulated day by day into one contract frame."""
+"""Batch generation: a seeded fleet simulated day by day into contract rows and ground truth."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -11,18 +13,41 @@ from tqdm.auto import tqdm
 
 from workbench import contract
 from workbench.errors import ConfigError
+from workbench.simulator.engine import STEPS_PER_DAY, DayResult, Simulator, SimulatorConfig
 from workbench.simulator.fleet import Fleet, make_fleet
-from workbench.simulator.metrics import derive_metrics, nominal_load
-from workbench.simulator.noise import DayNoise, NoiseStream
-from workbench.simulator.patterns import SECONDS_PER_DAY
+from workbench.simulator.incidents import IncidentBatch, ground_truth
+from workbench.simulator.scenarios import Scenario, ScenarioSchedule
 
 DEFAULT_START = datetime(2025, 1, 6, tzinfo=UTC)  # a Monday
-STEPS_PER_DAY = SECONDS_PER_DAY // contract.STEP_SECONDS
-HEALTHY = contract.STATES.index("healthy")
+
+
+@dataclass(frozen=True, eq=False)
+class Simulation:
+    """A simulated span of a fleet.
+
+    Attributes:
+        metrics: Contract rows sorted by server name then timestamp.
+        incidents: Ground truth, one row per incident that starts within the span
+            (:data:`workbench.simulator.incidents.GROUND_TRUTH_SCHEMA`).
+        scenario: The scenario in force.
+        affected: Servers whose incident rates the scenario changes.
+    """
+
+    metrics: pl.DataFrame
+    incidents: pl.DataFrame
+    scenario: Scenario
+    affected: tuple[str, ...]
 
 
 def generate(
-    n_servers: int, days: float, seed: int, *, start: datetime = DEFAULT_START, progress: bool = False
+    n_servers: int,
+    days: float,
+    seed: int,
+    *,
+    scenario: str | Scenario = "healthy",
+    start: datetime = DEFAULT_START,
+    config: SimulatorConfig | None = None,
+    progress: bool = False,
 ) -> pl.DataFrame:
     """Simulate a fleet of ``n_servers`` for ``days`` on the contract's step grid.
 
@@ -30,67 +55,138 @@ def generate(
         n_servers: Number of servers (>= 1), spread over the contract profiles.
         days: Length of the span in days (> 0; fractions allowed, rounded to whole steps).
         seed: Non-negative seed; the same seed gives the same frame.
+        scenario: Scenario name (``healthy``, ``degrading``, ``critical``) or a :class:`Scenario`.
         start: First timestamp, floored to the step grid (a naive datetime is taken as UTC).
+        config: State and incident settings (default rates and thresholds when ``None``).
         progress: Show a progress bar over the days.
 
     Returns:
         A contract frame (:data:`contract.COLUMNS`, :data:`contract.SCHEMA`) sorted by server
-        name then timestamp.
+        name then timestamp; :func:`simulate` also returns the incidents' ground truth.
 
     Raises:
         ConfigError: when an argument is out of range.
     """
-    return simulate(make_fleet(n_servers, seed), days, start=start, progress=progress)
+    fleet = make_fleet(n_servers, seed)
+    return simulate(fleet, days, scenario=scenario, start=start, config=config, progress=progress).metrics
 
 
-def simulate(fleet: Fleet, days: float, *, start: datetime = DEFAULT_START, progress: bool = False) -> pl.DataFrame:
-    """Simulate a given fleet; its noise is drawn from ``fleet.seed``.
+def simulate(
+    fleet: Fleet,
+    days: float,
+    *,
+    scenario: str | Scenario = "healthy",
+    start: datetime = DEFAULT_START,
+    config: SimulatorConfig | None = None,
+    progress: bool = False,
+) -> Simulation:
+    """Simulate a given fleet under one scenario; all randomness comes from ``fleet.seed``.
 
     Args:
         fleet: The servers, e.g. from :func:`make_fleet`.
         days: Length of the span in days (> 0).
+        scenario: Scenario name or a :class:`Scenario`.
         start: First timestamp, floored to the step grid (a naive datetime is taken as UTC).
+        config: State and incident settings.
         progress: Show a progress bar over the days.
 
     Returns:
-        A contract frame sorted by server name then timestamp.
+        The contract rows and the ground truth of the incidents.
     """
-    n_steps = _n_steps(days)
-    t0 = _start_seconds(start, n_steps)
-    noise = NoiseStream(fleet.seed, fleet.size, STEPS_PER_DAY)
-    values = {m: np.empty((fleet.size, n_steps)) for m in contract.METRIC_NAMES}
-    states = np.empty((fleet.size, n_steps), dtype=np.uint8)
-    n_days = math.ceil(n_steps / STEPS_PER_DAY)
-    for day in tqdm(range(n_days), desc="simulating", unit="day", disable=not progress):
-        lo = day * STEPS_PER_DAY
-        hi = min(lo + STEPS_PER_DAY, n_steps)
-        # Always a whole day, sliced afterwards: a partial day then equals the start of a full one.
-        t = t0 + (lo + np.arange(STEPS_PER_DAY, dtype=np.int64)) * contract.STEP_SECONDS
-        metrics, day_states = simulate_steps(t, fleet, noise.day(day))
-        for name, array in metrics.items():
+    run = BatchRun(fleet, days, scenario=scenario, start=start, config=config)
+    values = {m: np.empty((fleet.size, run.n_steps)) for m in contract.METRIC_NAMES}
+    states = np.empty((fleet.size, run.n_steps), dtype=np.uint8)
+    for lo, hi, result in run.days(progress=progress):
+        for name, array in result.metrics.items():
             values[name][:, lo:hi] = array[: hi - lo].T
-        states[:, lo:hi] = day_states[: hi - lo].T
-    return _assemble(fleet, t0, values, states)
+        states[:, lo:hi] = result.states[: hi - lo].T
+    return Simulation(_assemble(fleet, run.t0, values, states), run.incidents(), run.scenario, run.affected)
 
 
-def simulate_steps(t: np.ndarray, fleet: Fleet, noise: DayNoise) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Simulate ``T`` steps of every server.
+class BatchRun:
+    """A batch simulation consumed one day at a time (memory stays at one day's rows).
 
-    This is where a state/incident layer plugs in: it picks a state per (time, server), scales
-    ``load`` (and may override metrics) before the metrics are derived from it.
+    Iterate :meth:`frames` (or :meth:`days`) to the end, then read :meth:`incidents`.
 
     Args:
-        t: Epoch seconds, shape ``(T,)``.
         fleet: The servers.
-        noise: Noise for the same steps.
+        days: Length of the span in days (> 0).
+        scenario: Scenario name or a :class:`Scenario`, for the whole span.
+        start: First timestamp, floored to the step grid.
+        config: State and incident settings.
 
-    Returns:
-        Metrics by contract name, each ``(T, S)``, and state codes (indices into
-        :data:`contract.STATES`), ``(T, S)``.
+    Raises:
+        ConfigError: when an argument is out of range.
     """
-    load = nominal_load(t, fleet, noise)
-    states = np.full(load.shape, HEALTHY, dtype=np.uint8)
-    return derive_metrics(t, load, fleet, noise), states
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        days: float,
+        *,
+        scenario: str | Scenario = "healthy",
+        start: datetime = DEFAULT_START,
+        config: SimulatorConfig | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.n_steps = span_steps(days)
+        self.t0 = start_seconds(start, self.n_steps)
+        self._simulator = Simulator(fleet, self.t0, config)
+        self._schedule = ScenarioSchedule(scenario, fleet.size, fleet.seed)
+        self._finished: list[IncidentBatch] = []
+        self._complete = False
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario in force."""
+        return self._schedule.current()
+
+    @property
+    def affected(self) -> tuple[str, ...]:
+        """Names of the servers the scenario affects."""
+        return tuple(np.asarray(self.fleet.names)[self._schedule.affected()].tolist())
+
+    def days(self, *, progress: bool = False) -> Iterator[tuple[int, int, DayResult]]:
+        """Yield ``(lo, hi, day)``: the day's result covers steps ``lo`` to ``hi`` of the span.
+
+        Args:
+            progress: Show a progress bar over the days.
+        """
+        if self._finished:
+            raise RuntimeError("a BatchRun can be iterated only once")
+        carry = self._simulator.initial_carry()
+        n_days = math.ceil(self.n_steps / STEPS_PER_DAY)
+        for day in tqdm(range(n_days), desc="simulating", unit="day", disable=not progress):
+            lo = day * STEPS_PER_DAY
+            # Always a whole day, sliced afterwards: a partial day then equals the start of a full one.
+            result = self._simulator.run_day(self._simulator.inputs(day), carry, self._schedule)
+            carry = result.carry
+            self._finished.append(result.finished)
+            yield lo, min(lo + STEPS_PER_DAY, self.n_steps), result
+        self._finished.append(carry.active)
+        self._complete = True
+
+    def frames(self, *, progress: bool = False) -> Iterator[pl.DataFrame]:
+        """Yield one contract frame per simulated day, each sorted by server name then timestamp.
+
+        Args:
+            progress: Show a progress bar over the days.
+        """
+        for lo, hi, result in self.days(progress=progress):
+            values = {name: array[: hi - lo].T for name, array in result.metrics.items()}
+            yield _assemble(self.fleet, self.t0 + lo * contract.STEP_SECONDS, values, result.states[: hi - lo].T)
+
+    def incidents(self) -> pl.DataFrame:
+        """Return the ground truth of the span.
+
+        Raises:
+            RuntimeError: when the days have not all been simulated yet.
+        """
+        if not self._complete:
+            raise RuntimeError("iterate BatchRun.days() or .frames() to the end before reading incidents")
+        batch = IncidentBatch.concat(self._finished)
+        span_end = self.t0 // contract.STEP_SECONDS + self.n_steps
+        return ground_truth(batch, self.fleet.names, self.fleet.profiles, span_end)
 
 
 def _assemble(fleet: Fleet, t0: int, values: dict[str, np.ndarray], states: np.ndarray) -> pl.DataFrame:
@@ -109,7 +205,12 @@ def _assemble(fleet: Fleet, t0: int, values: dict[str, np.ndarray], states: np.n
     return pl.DataFrame(columns).select(contract.COLUMNS)
 
 
-def _n_steps(days: float) -> int:
+def span_steps(days: float) -> int:
+    """Return the number of steps in ``days`` (rounded), checking it is at least one.
+
+    Raises:
+        ConfigError: when ``days`` is not a positive number or shorter than one step.
+    """
     if not (isinstance(days, int | float) and math.isfinite(days) and days > 0):
         raise ConfigError(f"days must be a positive number, got {days!r}")
     n_steps = round(days * STEPS_PER_DAY)
@@ -118,7 +219,12 @@ def _n_steps(days: float) -> int:
     return n_steps
 
 
-def _start_seconds(start: datetime, n_steps: int) -> int:
+def start_seconds(start: datetime, n_steps: int) -> int:
+    """Return ``start`` as epoch seconds floored to the step grid (naive datetimes are UTC).
+
+    Raises:
+        ConfigError: when the span of ``n_steps`` steps leaves the contract's time range.
+    """
     start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
     seconds = math.floor(start.timestamp() / contract.STEP_SECONDS) * contract.STEP_SECONDS
     end = seconds + n_steps * contract.STEP_SECONDS

@@ -7,7 +7,8 @@ turns it into metrics, so that an incident moves every coupled metric consistent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,24 +53,102 @@ class Coupling:
 COUPLING = Coupling()
 
 
-def nominal_load(t: np.ndarray, fleet: Fleet, noise: DayNoise) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class Effects:
+    """What states and incidents do to the derived metrics; ``None`` or absent leaves a metric alone.
+
+    Attributes:
+        io: Disk throughput multiplier, ``(T, S)``.
+        latency: Latency multiplier, ``(T, S)``.
+        errors: Error-rate multiplier, ``(T, S)``.
+        offline: Where a server is down, ``(T, S)``: every metric but ``disk_pct`` reads 0.
+        ceilings: Per metric, ``(knee, ceiling)`` per server, ``(S,)``: values above the knee
+            bend smoothly so that they stay below the ceiling (keeps the background under critical).
+        blend: Per metric, the cells an incident pulls towards its target.
+    """
+
+    io: np.ndarray | None = None
+    latency: np.ndarray | None = None
+    errors: np.ndarray | None = None
+    offline: np.ndarray | None = None
+    ceilings: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    blend: Mapping[str, Pull] = field(default_factory=dict)
+
+    def primary(self, metric: str, values: np.ndarray) -> np.ndarray:
+        """Bend ``values`` of ``metric`` under its ceiling, then pull them towards their targets.
+
+        Args:
+            metric: Contract metric name.
+            values: Fresh ``(T, S)`` values; changed in place and returned.
+        """
+        if metric in self.ceilings:
+            knee, ceiling = self.ceilings[metric]
+            values = _bend(values, knee, ceiling - knee)
+        pull = self.blend.get(metric)
+        if pull is not None and pull.rows.size:
+            current = values[pull.rows, pull.cols]
+            values[pull.rows, pull.cols] = current + pull.weight * (pull.target - current)
+        return values
+
+
+@dataclass(frozen=True, eq=False)
+class Pull:
+    """Cells of a ``(T, S)`` metric that move ``weight`` of the way to ``target`` (parallel arrays).
+
+    Attributes:
+        rows: Step index of each cell.
+        cols: Server index of each cell.
+        weight: Share of the way to the target, in ``[0, 1]``.
+        target: Value pulled towards.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    weight: np.ndarray
+    target: np.ndarray
+
+
+NO_EFFECTS = Effects()
+
+
+def seasonal_factor(t: np.ndarray, fleet: Fleet) -> np.ndarray:
+    """Return each server's daily and weekly load multiplier, shape ``(T, S)``.
+
+    Args:
+        t: Epoch seconds, shape ``(T,)``.
+        fleet: The servers.
+    """
+    seasonal = patterns.diurnal(t, fleet.peak_hour, fleet.diurnal_amplitude, fleet.diurnal_sharpness)
+    return seasonal * patterns.weekly(t, fleet.weekend_factor)
+
+
+def nominal_load(t: np.ndarray, fleet: Fleet, noise: DayNoise, seasonal: np.ndarray | None = None) -> np.ndarray:
     """Return each server's load relative to nominal (1 = typical): seasonality times smooth noise.
 
     Args:
         t: Epoch seconds, shape ``(T,)``.
         fleet: The servers.
         noise: Noise of the same ``T`` steps.
+        seasonal: :func:`seasonal_factor` of ``t`` when already computed.
     """
-    seasonal = patterns.diurnal(t, fleet.peak_hour, fleet.diurnal_amplitude, fleet.diurnal_sharpness)
-    seasonal *= patterns.weekly(t, fleet.weekend_factor)
+    if seasonal is None:
+        seasonal = seasonal_factor(t, fleet)
     sigma = fleet.noise[None, :]
     return seasonal * np.exp(sigma * noise.ar["load"] - 0.5 * sigma**2)
 
 
 def derive_metrics(
-    t: np.ndarray, load: np.ndarray, fleet: Fleet, noise: DayNoise, coupling: Coupling = COUPLING
+    t: np.ndarray,
+    load: np.ndarray,
+    fleet: Fleet,
+    noise: DayNoise,
+    coupling: Coupling = COUPLING,
+    effects: Effects = NO_EFFECTS,
 ) -> dict[str, np.ndarray]:
     """Return every contract metric, shape ``(T, S)``, clipped to the contract's ranges.
+
+    Primary metrics pass through :meth:`Effects.primary` before the metrics that depend on them
+    (latency on CPU, error rate on memory), so that an incident moves its coupled metrics too.
 
     Args:
         t: Epoch seconds, shape ``(T,)``.
@@ -77,27 +156,39 @@ def derive_metrics(
         fleet: The servers.
         noise: Noise of the same ``T`` steps.
         coupling: Coupling constants.
+        effects: State and incident effects.
     """
     level = {m: fleet.levels[m][None, :] for m in contract.METRIC_NAMES}
     sigma = fleet.noise[None, :]
     white = noise.white
     cpu = _soft_cap(level[CPU] * load * (1.0 + coupling.cpu_noise * sigma * white[CPU]), 100.0, coupling)
-    mem = _memory(t, load, fleet, noise, coupling)
-    disk_io = (
-        level[DISK_IO] * load**coupling.io_exponent * np.exp(sigma * noise.ar["io"] + 0.2 * sigma * white[DISK_IO])
+    cpu = effects.primary(CPU, cpu)
+    mem = effects.primary(MEM, _memory(t, load, fleet, noise, coupling))
+    disk_io = _scaled(
+        level[DISK_IO] * load**coupling.io_exponent * np.exp(sigma * noise.ar["io"] + 0.2 * sigma * white[DISK_IO]),
+        effects.io,
     )
     net = np.exp(sigma * noise.ar["net"])
+    errors = _scaled(_error_rate(load, mem, fleet, noise, coupling), effects.errors)
     metrics = {
         CPU: cpu,
         MEM: mem,
-        DISK: _disk(t, fleet, noise, coupling),
+        DISK: effects.primary(DISK, _disk(t, fleet, noise, coupling)),
         DISK_IO: disk_io,
         NET_IN: level[NET_IN] * load * net * np.exp(0.3 * sigma * white[NET_IN]),
         NET_OUT: level[NET_OUT] * load**coupling.net_out_exponent * net * np.exp(0.3 * sigma * white[NET_OUT]),
-        LATENCY: _latency(cpu, disk_io, fleet, noise, coupling),
-        ERROR_RATE: _error_rate(load, mem, fleet, noise, coupling),
+        LATENCY: _scaled(_latency(cpu, disk_io, fleet, noise, coupling), effects.latency),
+        ERROR_RATE: effects.primary(ERROR_RATE, errors),
     }
+    if effects.offline is not None and effects.offline.any():
+        for name in metrics:
+            if name != DISK:
+                metrics[name] = np.where(effects.offline, 0.0, metrics[name])
     return {m.name: np.clip(metrics[m.name], m.low, np.inf if m.high is None else m.high) for m in contract.METRICS}
+
+
+def _scaled(values: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    return values if factor is None else values * factor
 
 
 def _memory(t: np.ndarray, load: np.ndarray, fleet: Fleet, noise: DayNoise, coupling: Coupling) -> np.ndarray:
@@ -136,6 +227,14 @@ def _error_rate(load: np.ndarray, mem: np.ndarray, fleet: Fleet, noise: DayNoise
 
 def _soft_cap(x: np.ndarray, cap: float, coupling: Coupling) -> np.ndarray:
     """Leave values below ``cap - width`` alone and bend larger ones smoothly towards ``cap``."""
-    knee = cap - coupling.soft_cap_width
-    bent = knee + coupling.soft_cap_width * np.tanh((x - knee) / coupling.soft_cap_width)
-    return np.where(x > knee, bent, x)
+    return _bend(x, cap - coupling.soft_cap_width, coupling.soft_cap_width)
+
+
+def _bend(x: np.ndarray, knee: np.ndarray | float, width: np.ndarray | float) -> np.ndarray:
+    """Bend values of ``x`` above ``knee`` (scalar or per server) to stay below ``knee + width``, in place."""
+    knees = np.broadcast_to(np.asarray(knee, dtype=float), x.shape[1:])
+    widths = np.broadcast_to(np.asarray(width, dtype=float), x.shape[1:])
+    rows, cols = np.nonzero(x > knees[None, :])
+    k, w = knees[cols], widths[cols]
+    x[rows, cols] = k + w * np.tanh((x[rows, cols] - k) / w)
+    return x
