@@ -1,0 +1,187 @@
+"""A fused, algebraically collapsed variable selection network for real-valued TFT inputs.
+
+Every input of a time-varying variable selection network is one scalar per step, and the
+layers between that scalar and the first non-linearity are affine. So, per variable ``v`` with
+prescaler ``e = a·x + b``:
+
+* the GRN's ``fc1(e)`` is ``u·x + w`` (an outer product instead of a matrix product);
+* its residual ``LayerNorm(gate · interpolate(e))`` is ``LayerNorm(p·x + q)``;
+* its ``glu.fc(fc2(h))`` is one matrix product ``h·P + Q``;
+* the selection weights' GRN reads the concatenated embeddings only through ``fc1`` and the
+  residual interpolation, both affine in the ``V`` scalars: ``x·A + d`` and ``x·R + r``.
+
+The static context enters as a per-server term instead of a per-step one. Variables whose
+values depend only on the time step (calendar covariates, the relative time index) are
+evaluated once per distinct row of values and broadcast over the fleet. The collapsed
+parameters are computed in float64 from the stock module's weights; the function is the same,
+only rounding differs (the engine's equivalence test bounds it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
+    GatedResidualNetwork,
+    VariableSelectionNetwork,
+)
+from torch import nn
+
+SERVERS_PER_CHUNK = 16  # keeps the (variables, rows, hidden) intermediates in cache
+
+
+def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """The linear map of ``F.interpolate(mode="linear", align_corners=True)`` from size_in to size_out."""
+    eye = torch.eye(size_in, dtype=torch.float64).unsqueeze(1)
+    return F.interpolate(eye, size_out, mode="linear", align_corners=True).squeeze(1)  # (size_in, size_out)
+
+
+def applies(vsn: VariableSelectionNetwork) -> bool:
+    """Whether every variable is a real with a ``Linear(1, s)`` prescaler and a context-free GRN."""
+    names = list(vsn.input_sizes)
+    if len(names) < 2 or set(vsn.prescalers) != set(names) or not hasattr(vsn, "flattened_grn"):
+        return False
+    grns = [vsn.single_variable_grns[n] for n in names]
+    if not all(isinstance(g, GatedResidualNetwork) and g.context_size is None for g in grns):
+        return False
+    flat = vsn.flattened_grn
+    return hasattr(flat, "resample_norm") and not flat.gate_norm.add_norm.trainable_add
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64)
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.to(torch.float32).contiguous(), requires_grad=False)
+
+
+def _gate(norm_module: Any) -> torch.Tensor:
+    """The ``trainable_add`` gate of a ResampleNorm (``2·sigmoid(mask)``), or ones."""
+    if getattr(norm_module, "trainable_add", False):
+        return torch.sigmoid(_f64(norm_module.mask)) * 2.0
+    return torch.ones_like(_f64(norm_module.norm.weight))
+
+
+class _Variable(nn.Module):
+    """One scalar variable's prescaler + GRN, collapsed."""
+
+    def __init__(self, prescaler: nn.Linear, grn: GatedResidualNetwork) -> None:
+        super().__init__()
+        a, b = _f64(prescaler.weight[:, 0]), _f64(prescaler.bias)
+        w1, c1 = _f64(grn.fc1.weight), _f64(grn.fc1.bias)
+        w2, c2 = _f64(grn.fc2.weight), _f64(grn.fc2.bias)
+        wg, cg = _f64(grn.gate_norm.glu.fc.weight), _f64(grn.gate_norm.glu.fc.bias)
+        self.u, self.w = _param(w1 @ a), _param(w1 @ b + c1)
+        self.P, self.Q = _param((wg @ w2).T), _param(wg @ c2 + cg)
+        if hasattr(grn, "resample_norm"):
+            rn = grn.resample_norm
+            m, gate = interpolation_matrix(grn.input_size, grn.output_size), _gate(rn)
+            self.p, self.q = _param((a @ m) * gate), _param((b @ m) * gate)
+            self.res_norm: nn.LayerNorm | None = rn.norm
+        else:
+            self.p, self.q, self.res_norm = _param(a), _param(b), None
+        self.out_norm = grn.gate_norm.add_norm.norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map values ``(...)`` to the GRN output ``(..., hidden)``."""
+        xe = x.unsqueeze(-1)
+        hidden = F.elu(torch.addcmul(self.w, xe, self.u))
+        gated = F.glu(torch.addmm(self.Q, hidden.reshape(-1, hidden.size(-1)), self.P), dim=-1)
+        residual = torch.addcmul(self.q, xe, self.p)
+        if self.res_norm is not None:
+            residual = self.res_norm(residual)
+        return self.out_norm(gated.reshape(*x.shape, -1) + residual)
+
+
+class _Weights(nn.Module):
+    """The variable-weight GRN of a selection network, reading the ``V`` scalars directly."""
+
+    def __init__(self, vsn: VariableSelectionNetwork, names: list[str]) -> None:
+        super().__init__()
+        g = vsn.flattened_grn
+        s = [vsn.prescalers[n].out_features for n in names]
+        offsets = [sum(s[:i]) for i in range(len(s))]
+        w1, m = _f64(g.fc1.weight), interpolation_matrix(g.input_size, g.output_size)
+        a_rows, r_rows = [], []
+        d, r = _f64(g.fc1.bias), torch.zeros(g.output_size, dtype=torch.float64)
+        for name, lo, size in zip(names, offsets, s, strict=True):
+            a, b = _f64(vsn.prescalers[name].weight[:, 0]), _f64(vsn.prescalers[name].bias)
+            a_rows.append(w1[:, lo : lo + size] @ a)
+            d = d + w1[:, lo : lo + size] @ b
+            r_rows.append(a @ m[lo : lo + size])
+            r = r + b @ m[lo : lo + size]
+        gate = _gate(g.resample_norm)
+        self.A, self.d = _param(torch.stack(a_rows)), _param(d)  # (V, hidden), (hidden,)
+        self.R, self.r = _param(torch.stack(r_rows) * gate), _param(r * gate)  # (V, V), (V,)
+        self.res_norm = g.resample_norm.norm
+        self.context = getattr(g, "context", None)
+        self.fc2, self.glu, self.out_norm = g.fc2, g.gate_norm.glu.fc, g.gate_norm.add_norm.norm
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Softmax weights ``(b, T, V)`` of values ``(b, T, V)``; ``context`` is per server ``(b, 1, c)``."""
+        pre = torch.matmul(x, self.A) + self.d
+        if context is not None and self.context is not None:
+            pre = pre + self.context(context)
+        hidden = self.fc2(F.elu(pre))
+        residual = self.res_norm(torch.matmul(x, self.R) + self.r)
+        return torch.softmax(self.out_norm(F.glu(self.glu(hidden), dim=-1) + residual), dim=-1)
+
+
+class FusedVariableSelection(nn.Module):
+    """Drop-in replacement of a real-input ``VariableSelectionNetwork`` for inference."""
+
+    def __init__(self, vsn: VariableSelectionNetwork, shared: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.names = list(vsn.input_sizes)
+        self.shared = [i for i, n in enumerate(self.names) if n in shared]
+        self.own = [i for i, n in enumerate(self.names) if n not in shared]
+        self.variables = nn.ModuleList(_Variable(vsn.prescalers[n], vsn.single_variable_grns[n]) for n in self.names)
+        self.weights = _Weights(vsn, self.names)
+        self.hidden = int(vsn.hidden_size)
+
+    def forward(self, x: dict[str, torch.Tensor], context: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Return the selected embedding ``(b, T, hidden)`` and the variable weights ``(b, T, 1, V)``."""
+        values = torch.cat([x[n] for n in self.names], dim=-1)  # (B, T, V)
+        if values.dim() != 3:
+            raise ValueError(f"expected (batch, time, variables) inputs, got {tuple(values.shape)}")
+        per_server = _per_server(context)
+        tables = {i: self._shared_table(values[..., i], i) for i in self.shared}
+        selected, weights = [], []
+        for lo in range(0, values.size(0), SERVERS_PER_CHUNK):
+            part = slice(lo, lo + SERVERS_PER_CHUNK)
+            ctx = None if context is None else (per_server[part] if per_server is not None else context[part])
+            out = self._chunk(values[part], ctx, {i: t(part) for i, t in tables.items()})
+            selected.append(out[0])
+            weights.append(out[1])
+        return torch.cat(selected), torch.cat(weights).unsqueeze(-2)
+
+    def _chunk(
+        self, values: torch.Tensor, context: torch.Tensor | None, shared: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.weights(values, context)  # (b, T, V)
+        acc = values.new_zeros(values.size(0), values.size(1), self.hidden)
+        for i in self.own:
+            acc.addcmul_(self.variables[i](values[..., i]), weights[..., i : i + 1])
+        for i, table in shared.items():
+            acc.addcmul_(table, weights[..., i : i + 1])
+        return acc, weights
+
+    def _shared_table(self, column: torch.Tensor, i: int) -> Any:
+        """Outputs of a time-only variable, computed once per distinct row and broadcast."""
+        if bool((column == column[:1]).all()):
+            row = self.variables[i](column[0])  # (T, hidden)
+            return lambda part: row.expand(column[part].size(0), *row.shape)
+        distinct, inverse = torch.unique(column, return_inverse=True)
+        table = self.variables[i](distinct)
+        return lambda part: table[inverse[part]]
+
+
+def _per_server(context: torch.Tensor | None) -> torch.Tensor | None:
+    """The static context once per server when it is broadcast over time (stride 0), else ``None``."""
+    if context is None or context.dim() != 3 or context.stride(1) != 0:
+        return None
+    return context[:, :1]
