@@ -96,3 +96,26 @@ def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:
         warming_up=warming,
         min_history=bundle.spec.min_encoder_length,
     )
+
+
+def scaled_difference(ours: Forecast, ref: Forecast, frame: pl.DataFrame, window: int) -> np.ndarray:
+    """Return ``|ours - ref|`` in units of each server's window standard deviation (at least 1).
+
+    The network forecasts in units of the window's scale and adds back its centre, so two
+    float32 evaluations of the same function agree to ~1e-6 of that scale; in metric units a
+    latency window with a large scale but a small forecast would hide that agreement.
+
+    Args:
+        ours: A forecast of the same servers and targets as ``ref``.
+        ref: The reference forecast.
+        frame: The contract frame both were made from.
+        window: Steps of history the network read (the bundle's ``max_encoder_length``).
+    """
+    if ours.servers != ref.servers or ours.targets != ref.targets:
+        raise ValueError("the two forecasts cover different servers or targets")
+    recent = frame.sort(c.TIMESTAMP).group_by(c.SERVER, maintain_order=True).tail(window)
+    scale = recent.group_by(c.SERVER).agg(pl.col(t).std() for t in ref.targets)
+    order = pl.DataFrame({c.SERVER: ref.servers})
+    sigma = order.join(scale, on=c.SERVER, how="left").select(ref.targets).to_numpy()
+    sigma = np.maximum(np.nan_to_num(sigma, nan=1.0), 1.0)
+    return np.abs(ours.quantiles - ref.quantiles) / sigma[:, :, None, None]

@@ -55,7 +55,7 @@ class TrainConfig:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     hidden_size: int = 32
     attention_head_size: int = 4
-    hidden_continuous_size: int = 16
+    hidden_continuous_size: int = 8
     lstm_layers: int = 1
     dropout: float = 0.1
     learning_rate: float = 3e-3
