@@ -70,6 +70,11 @@ def test_forecast_prints_a_table_json_and_csv(runner, tiny_bundle_dir, tiny_flee
     out = tmp_path / "f.csv"
     assert runner.invoke(main, [*base, "--format", "csv", "--out", str(out)]).exit_code == 0
     assert out.read_text().splitlines()[0] == "server_name,metric,step,timestamp,p10,p50,p90"
+    slow = tmp_path / "r.csv"
+    assert runner.invoke(main, [*base, "--format", "csv", "--out", str(slow), "--reference"]).exit_code == 0
+    fast_rows, slow_rows = out.read_text().splitlines(), slow.read_text().splitlines()
+    assert len(fast_rows) == len(slow_rows) == 1 + 8 * 8 * 96
+    assert [r.split(",")[:4] for r in fast_rows] == [r.split(",")[:4] for r in slow_rows]
 
 
 def test_forecast_errors_are_one_clear_line(runner, tiny_bundle_dir, tiny_fleet_dir, tmp_path):

@@ -171,6 +171,11 @@ def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--out", type=_PATH, help="Write to this file instead of stdout (needed for parquet).")
 @click.option("--head", type=click.IntRange(min=1), help="Show at most this many table rows.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--reference",
+    is_flag=True,
+    help="Use pytorch-forecasting's own predict path instead of the engine's fast path (same numbers, slower).",
+)
 def forecast(
     bundle: Path,
     data: Path,
@@ -179,6 +184,7 @@ def forecast(
     out: Path | None,
     head: int | None,
     device: str,
+    reference: bool,
 ) -> None:
     """Forecast the next 8 hours of every server in DATA with the model in BUNDLE.
 
@@ -188,6 +194,7 @@ def forecast(
     import polars as pl
 
     from workbench.data import read_frame
+    from workbench.inference.engine import Engine
     from workbench.inference.reference import reference_forecast
     from workbench.model import load_bundle
 
@@ -198,7 +205,12 @@ def forecast(
         if unknown:
             raise click.BadParameter(f"not in the data: {', '.join(unknown)}", param_hint="--server")
         frame = frame.filter(pl.col(c.SERVER).is_in(servers))
-    result = reference_forecast(model, frame)
+    if reference:
+        result = reference_forecast(model, frame)
+    else:
+        engine = Engine(model)
+        engine.ingest(frame)
+        result = engine.forecast()
     if fmt == "parquet" and out is None:
         raise click.BadParameter("parquet output needs --out FILE", param_hint="--format")
     if fmt == "json":
