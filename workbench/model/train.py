@@ -92,7 +92,9 @@ def train(
     spec = DatasetSpec.fit(model_frame[model_frame[TIME_IDX] <= cutoff], config)
     train_ds = spec.build(model_frame[model_frame[TIME_IDX] <= cutoff], train=True)
     val_ds = spec.build(model_frame, min_prediction_idx=cutoff + 1)
-    network = network_from_dataset(train_ds, config)
+    with warnings.catch_warnings():  # pytorch-forecasting stores its loss modules as hparams on purpose
+        warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
+        network = network_from_dataset(train_ds, config)
     best = BestWeights()
     trainer = lp.Trainer(
         max_epochs=config.max_epochs,
@@ -110,16 +112,15 @@ def train(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+    # pytorch-forecasting builds each sample in Python: a loader process overlaps that with the network.
+    loader = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         trainer.fit(
             network,
-            train_dataloaders=train_ds.to_dataloader(
-                train=True, batch_size=config.batch_size, num_workers=config.num_workers
-            ),
-            val_dataloaders=val_ds.to_dataloader(
-                train=False, batch_size=config.batch_size * 4, num_workers=config.num_workers
-            ),
+            train_dataloaders=train_ds.to_dataloader(train=True, batch_size=config.batch_size, **loader),
+            val_dataloaders=val_ds.to_dataloader(train=False, batch_size=config.batch_size * 4, **loader),
         )
     if best.state is not None:
         network.load_state_dict(best.state)
