@@ -10,6 +10,7 @@ a gap longer than ``max_gap_steps`` restarts that server's history (and its warm
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,6 +148,69 @@ class WindowStore:
         self._sum[slots[rows], pos] = 0.0
         self._cnt[slots[rows], pos] = 0
         self._max[slots[rows], pos] = -np.inf
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Return copies of everything the store holds, as plain numpy arrays (no object dtype).
+
+        The result can be written with ``np.savez`` and read back with ``allow_pickle=False``;
+        :meth:`from_state` rebuilds an identical store from it. Free rows have the name ``""``
+        (never a valid server name).
+        """
+        return {
+            "sum": self._sum.copy(),
+            "cnt": self._cnt.copy(),
+            "max": self._max.copy(),
+            "last": self._last.copy(),
+            "profile": self._profile.copy(),
+            "names": np.array(["" if n is None else n for n in self._names], dtype=np.str_),
+            "free": np.array(self._free, dtype=np.int64),
+            "order": np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index)),
+            "metrics": np.array(self.metrics, dtype=np.str_),
+            "settings": np.array([self.capacity, self.max_gap_steps, self.max_servers, self.idle_steps], np.int64),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> WindowStore:
+        """Rebuild a store from :meth:`state`; the arrays are used as given, not copied.
+
+        Raises:
+            ValueError: when the arrays are missing, of the wrong type or inconsistent.
+        """
+        keys = {"sum", "cnt", "max", "last", "profile", "names", "free", "order", "metrics", "settings"}
+        missing = sorted(keys - set(state))
+        if missing:
+            raise ValueError(f"window state lacks {', '.join(missing)}")
+        capacity, max_gap, max_servers, idle = (int(v) for v in state["settings"])
+        store = cls(
+            capacity,
+            tuple(str(m) for m in state["metrics"]),
+            max_gap_steps=max_gap,
+            max_servers=max_servers,
+            idle_steps=idle,
+        )
+        names = [str(n) or None for n in state["names"]]
+        rows, m = len(names), len(store.metrics)
+        arrays = {"sum": np.float64, "cnt": np.int32, "max": np.float64, "last": np.int64, "profile": np.int16}
+        for key, dtype in arrays.items():
+            shape = (rows, capacity, m) if key in ("sum", "cnt", "max") else (rows,)
+            if state[key].shape != shape or state[key].dtype != dtype:
+                raise ValueError(f"window state {key!r}: {state[key].dtype}{state[key].shape}, expected {shape}")
+        free = [int(s) for s in state["free"]]
+        order = [int(s) for s in state["order"]]
+        named = [s for s, n in enumerate(names) if n is not None]
+        if sorted(free) != [s for s, n in enumerate(names) if n is None] or sorted(order) != named:
+            raise ValueError("window state: free rows, server order and server names disagree")
+        if len(set(names) - {None}) != len(named):
+            raise ValueError("window state: a server name appears twice")
+        if rows and not 0 <= int(state["profile"].min()) <= int(state["profile"].max()) < len(c.PROFILES):
+            raise ValueError("window state: unknown profile code")
+        store._sum, store._cnt, store._max = state["sum"], state["cnt"], state["max"]
+        store._last, store._profile = state["last"], state["profile"]
+        store._names, store._free = names, free
+        store._index = {str(names[s]): s for s in order}
+        return store
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,274 @@
+"""The inference daemon in process (FastAPI TestClient): every endpoint's shape, warm-up, restart, limits."""
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from workbench.model import load_bundle
+from workbench.service.generator_app import encode_step
+from workbench.service.inference_app import create_app
+from workbench.service.journal import StateError
+from workbench.service.settings import InferenceSettings
+from workbench.simulator import FleetStream
+
+SERVERS = 6
+ENDPOINTS = ["/feed/data", "/predictions/current", "/alerts/active", "/health", "/status", "/metrics"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle_dir):
+    return load_bundle(tiny_bundle_dir, device="cpu")
+
+
+@pytest.fixture
+def make(tmp_path, tiny_bundle_dir, bundle):
+    def make(**overrides):
+        options = {"state_dir": tmp_path / "state", "device": "cpu", "poll_seconds": 0.02, **overrides}
+        return create_app(InferenceSettings(bundle=tiny_bundle_dir, **options), bundle=bundle)
+
+    return make
+
+
+def steps(n: int, start: int = 0) -> list[bytes]:
+    stream = FleetStream(SERVERS, seed=4)
+    bodies = [encode_step(next(stream)) for _ in range(start + n)]
+    return bodies[start:]
+
+
+def step_time(k: int) -> str:
+    """ISO time of the stream's step ``k`` (0-based), as ``metadata.data_time`` writes it."""
+    return f"2025-01-06T{k * 5 // 60:02d}:{k * 5 % 60:02d}:00+00:00"
+
+
+def forecast_from(client: TestClient, k: int):
+    doc = tft_ready(client)
+    return doc if doc and doc["metadata"]["data_time"] == step_time(k) else None
+
+
+def feed(client: TestClient, bodies: list[bytes]) -> dict:
+    for body in bodies:
+        response = client.post("/feed/data", content=body)
+        assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def tft_ready(client: TestClient):
+    doc = client.get("/predictions/current").json()
+    sources = {m["source"] for entry in doc["predictions"].values() for m in entry.values()}
+    return doc if doc["predictions"] and sources == {"tft"} else None
+
+
+def test_before_any_data_the_daemon_says_so_honestly(make):
+    with TestClient(make()) as client:
+        doc = client.get("/predictions/current").json()
+        assert doc["predictions"] == {} and doc["alerts"] == []
+        assert doc["metadata"]["status"] == "no_data" and doc["metadata"]["prediction_time"] is None
+        assert doc["environment"]["fleet_health"] == "unknown" and doc["environment"]["total_servers"] == 0
+        assert client.get("/alerts/active").json() == {"timestamp": None, "count": 0, "alerts": []}
+        assert client.get("/health").json() == {"status": "healthy", "service": "workbench-inference", "running": True}
+        status = client.get("/status").json()
+        assert status["running"] and status["tick_count"] == 0 and status["warmup"]["is_warmed_up"] is False
+
+
+def test_warm_up_then_tft_forecasts_in_the_rest_shape(make, bundle):
+    with TestClient(make()) as client:
+        answer = feed(client, steps(5))
+        assert answer["tick"] == 5 and answer["servers"] == SERVERS
+        warming = wait_for(lambda: client.get("/predictions/current").json()["predictions"])
+        entry = next(iter(warming.values()))
+        assert {m["source"] for m in entry.values()} == {"warming_up"}
+        assert set(entry["cpu_pct"]) == {"source", "history_steps", "needed_steps"}  # no made-up numbers
+        feed(client, steps(bundle.spec.min_encoder_length, start=5))
+        doc = wait_for(lambda: forecast_from(client, 16))
+        assert set(doc) == {"predictions", "alerts", "environment", "server_risk", "metadata"}
+        assert len(doc["predictions"]) == SERVERS
+        forecast = next(iter(doc["predictions"].values()))["mem_pct"]
+        assert {"p10", "p50", "p90", "current", "trend", "source"} <= set(forecast)
+        assert len(forecast["p50"]) == 96 and forecast["p10"][0] <= forecast["p50"][0] <= forecast["p90"][0]
+        meta = doc["metadata"]
+        keys = {"model_type", "bundle", "contract_version", "prediction_time", "horizon_steps", "device"}
+        assert keys <= set(meta) and meta["status"] == "ok" and meta["horizon_steps"] == 96
+        env = doc["environment"]
+        assert {"incident_probability_30m", "incident_probability_8h", "high_risk_servers", "total_servers"} <= set(env)
+        assert env["fleet_health"] in ("healthy", "degraded", "critical")
+        alerts = client.get("/alerts/active").json()
+        assert alerts["count"] == len(alerts["alerts"]) and alerts["timestamp"] == meta["prediction_time"]
+
+
+def test_the_served_document_equals_forecast_to_json(make, bundle):
+    app = make()
+    with TestClient(app) as client:
+        feed(client, steps(bundle.spec.min_encoder_length + 1))
+        doc = wait_for(lambda: forecast_from(client, 12))
+        latest = app.state.daemon.predictor.latest
+        assert doc["predictions"] == json.loads(json.dumps(latest.forecast.to_json()))
+        assert doc["alerts"] == [a.to_dict() for a in latest.alerts]
+
+
+def test_status_reports_warm_up_and_fleet(make, bundle):
+    with TestClient(make()) as client:
+        feed(client, steps(bundle.spec.min_encoder_length))
+        status = client.get("/status").json()
+        assert status["tick_count"] == bundle.spec.min_encoder_length
+        assert status["window_size"] == SERVERS * bundle.spec.min_encoder_length
+        warmup = status["warmup"]
+        assert warmup["is_warmed_up"] and warmup["progress_percent"] == 100.0 and warmup["threshold"] == 12
+        assert status["fleet"]["fleet_status"] == f"{SERVERS}/{SERVERS} servers ready"
+        assert status["ingest"]["records_accepted"] == SERVERS * bundle.spec.min_encoder_length
+
+
+def test_metrics_parse_as_prometheus_text(make, bundle):
+    with TestClient(make()) as client:
+        feed(client, steps(bundle.spec.min_encoder_length))
+        client.post("/feed/data", json={"records": [{"server_name": "x"}]})
+        wait_for(lambda: forecast_from(client, 11))
+        response = client.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        forecast = families["workbench_forecast"].samples
+        assert len(forecast) == SERVERS * 8 * 4 * 3
+        assert {s.labels["horizon"] for s in forecast} == {"30m", "1h", "4h", "8h"}
+        assert {s.labels["quantile"] for s in forecast} == {"p10", "p50", "p90"}
+        assert set(forecast[0].labels) == {"server", "metric", "quantile", "horizon"}
+        for name in ("workbench_alert", "workbench_incident_probability", "workbench_warmup_ready_servers"):
+            assert name in families
+        assert families["workbench_warmup_ready_servers"].samples[0].value == SERVERS
+        accepted = families["workbench_records_accepted"].samples[0]
+        assert accepted.name == "workbench_records_accepted_total" and accepted.value == SERVERS * 12
+        assert families["workbench_records_rejected"].samples[0].value == 1
+        windows = {s.labels["window"] for s in families["workbench_incident_probability"].samples}
+        assert windows == {"30m", "8h"}
+
+
+def test_websocket_pushes_each_new_prediction(make, bundle):
+    with TestClient(make()) as client:
+        feed(client, steps(bundle.spec.min_encoder_length))
+        wait_for(lambda: forecast_from(client, 11))
+        full, summary = (client.websocket_connect(f"/ws/predictions{q}") for q in ("", "?summary=1"))
+        with full as ws, summary as small:
+            first = json.loads(ws.receive_text())  # the latest, on connect
+            assert set(first) == {"predictions", "alerts", "environment", "server_risk", "metadata"}
+            assert set(json.loads(small.receive_text())) == {"metadata", "environment", "alerts"}
+            feed(client, steps(1, start=bundle.spec.min_encoder_length))
+            pushed = json.loads(ws.receive_text())
+            assert pushed["metadata"]["version"] > first["metadata"]["version"]
+            assert pushed["metadata"]["data_time"] > first["metadata"]["data_time"]
+            assert json.loads(small.receive_text())["metadata"]["version"] == pushed["metadata"]["version"]
+
+
+def test_openapi_describes_every_endpoint(make):
+    with TestClient(make(max_records=123)) as client:
+        doc = client.get("/openapi.json").json()
+    assert set(ENDPOINTS + ["/ws/predictions"]) <= set(doc["paths"])
+    feed_op = doc["paths"]["/feed/data"]["post"]
+    schema = feed_op["requestBody"]["content"]["application/json"]["schema"]
+    records = schema["properties"]["records"]
+    assert records["maxItems"] == 123 and records["items"]["required"] == ["timestamp", "server_name"]
+    props = records["items"]["properties"]
+    assert props["cpu_pct"]["maximum"] == 100 and props["cpu_percent"]["description"] == "alias of cpu_pct"
+    assert "offline" in props["state"]["enum"]
+    assert {"200", "401", "413", "422"} <= set(feed_op["responses"])
+    assert "APIKeyHeader" in doc["components"]["securitySchemes"]
+    current = doc["paths"]["/predictions/current"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert current["schema"]["$ref"].endswith("/PredictionsResponse")
+
+
+def test_oversized_bodies_get_413_and_the_daemon_keeps_serving(make):
+    with TestClient(make(max_body_bytes=4096, max_records=3)) as client:
+        big = json.dumps({"records": [{"server_name": "x" * 100}] * 50}).encode()
+        response = client.post("/feed/data", content=big)
+        assert response.status_code == 413 and "limit" in response.json()["detail"]
+        chunked = client.post("/feed/data", content=iter([big[:3000], big[3000:]]))  # no Content-Length
+        assert chunked.status_code == 413
+        many = client.post("/feed/data", json={"records": [{}] * 4})
+        assert many.status_code == 413 and "at most 3" in many.json()["detail"]
+        assert client.post("/feed/data", content=b"{oops").status_code == 400
+        assert client.get("/health").json()["running"]
+        assert client.get("/status").json()["ingest"]["bodies_refused"] == {"413": 3, "400": 1}
+
+
+def test_writes_need_the_api_key_when_one_is_set(make):
+    body = steps(1)[0]
+    with TestClient(make(api_key="s3cret")) as client:
+        assert client.post("/feed/data", content=body).status_code == 401
+        wrong = client.post("/feed/data", content=body, headers={"X-API-Key": "s3cre"})
+        assert wrong.status_code == 401 and wrong.json()["detail"] == "missing or invalid X-API-Key"
+        assert client.get("/status").json()["tick_count"] == 0
+        assert client.post("/feed/data", content=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+        for path in ENDPOINTS[1:]:
+            assert client.get(path).status_code == 200  # reads stay open
+    with TestClient(make(api_key=None, state_dir=None)) as client:
+        assert client.post("/feed/data", content=body).status_code == 200
+
+
+def test_a_restart_resumes_forecasting_without_a_new_warm_up(make, bundle):
+    with TestClient(make()) as client:
+        feed(client, steps(bundle.spec.min_encoder_length + 2))
+    with TestClient(make()) as client:  # the graceful shutdown wrote a snapshot; nothing is fed now
+        status = client.get("/status").json()
+        assert status["warmup"]["is_warmed_up"] and status["tick_count"] == bundle.spec.min_encoder_length + 2
+        wait_for(lambda: forecast_from(client, 13))
+
+
+def test_after_a_crash_the_log_alone_restores_every_acknowledged_batch(make, bundle):
+    app = make()
+    client = TestClient(app)  # no lifespan: no predictor, no snapshot, as in a process killed mid-feed
+    feed(client, steps(bundle.spec.min_encoder_length))
+    daemon = app.state.daemon
+    daemon.ingestor.journal.close()
+    daemon.state_dir.close()
+    daemon.state_dir = None
+    with TestClient(make()) as again:
+        state = again.get("/status").json()
+        assert state["state"]["replayed_batches"] == bundle.spec.min_encoder_length
+        assert state["warmup"]["is_warmed_up"] and state["ingest"]["records_total"] == SERVERS * 12
+        wait_for(lambda: forecast_from(again, 11))
+
+
+def test_a_state_folder_of_another_bundle_is_refused(make, tmp_path):
+    with TestClient(make()) as client:
+        feed(client, steps(2))
+    meta = json.loads((tmp_path / "state" / "snapshot.json").read_text())
+    meta["bundle"]["sha256"] = "0" * 64
+    (tmp_path / "state" / "snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(StateError, match="another contract or bundle"):
+        make()
+    make(state_dir=tmp_path / "fresh").state.daemon.close()
+
+
+def test_a_failing_log_answers_503_and_stores_nothing(make):
+    app = make()
+    with TestClient(app) as client:
+        journal = app.state.daemon.ingestor.journal
+
+        def broken(frame):
+            raise StateError("disk full")
+
+        journal.append = broken
+        response = client.post("/feed/data", content=steps(1)[0])
+        assert response.status_code == 503 and "disk full" in response.json()["detail"]
+        assert app.state.daemon.ingestor.store.servers == []
+
+
+def test_with_an_interval_forecasts_follow_the_clock_not_the_steps(make, bundle):
+    app = make(interval=0.3)
+    with TestClient(app) as client:
+        feed(client, steps(bundle.spec.min_encoder_length))
+        wait_for(lambda: forecast_from(client, 11))
+        count = app.state.daemon.predictor.predictions
+        time.sleep(0.5)
+        assert app.state.daemon.predictor.predictions == count  # no new data: no new forecast
+        assert client.get("/status").json()["predictor"]["interval"] == 0.3

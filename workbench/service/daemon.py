@@ -1,0 +1,191 @@
+"""The inference daemon's parts and their lifecycle: recover, predict, snapshot, shut down.
+
+Building a :class:`InferenceDaemon` recovers the windows from the state folder (snapshot plus
+log) before anything is served, so a bad state folder fails the start with one clear error.
+:meth:`InferenceDaemon.lifespan` runs the background predictor and the snapshot schedule while
+the web server runs, and takes a final snapshot on a graceful shutdown (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+
+from workbench import contract as c
+from workbench.inference.engine import Engine
+from workbench.inference.window import WindowStore
+from workbench.model.bundle import Bundle
+from workbench.service.common import Hub
+from workbench.service.ingest import Ingestor
+from workbench.service.predictor import Predictor
+from workbench.service.prom import make_registry
+from workbench.service.settings import InferenceSettings
+from workbench.service.state import Recovered, StateDir, bundle_identity
+from workbench.thresholds import Thresholds
+
+SERVICE_NAME = "workbench-inference"
+log = logging.getLogger(__name__)
+
+
+class InferenceDaemon:
+    """Everything the inference daemon holds: engine, live windows, log, predictor, WebSocket hub.
+
+    Args:
+        settings: Validated daemon settings.
+        bundle: The loaded model.
+        thresholds: Alert levels.
+
+    Raises:
+        StateError: when the state folder belongs to another contract or bundle, is damaged,
+            or is used by another daemon.
+    """
+
+    def __init__(self, settings: InferenceSettings, bundle: Bundle, thresholds: Thresholds) -> None:
+        self.settings = settings
+        self.bundle = bundle
+        gaps, servers = settings.max_gap_steps, settings.max_servers
+        self.engine = Engine(bundle, batch_size=settings.batch_size, max_gap_steps=gaps, max_servers=servers)
+        self.started = time.time()
+        self.state_dir: StateDir | None = None
+        if settings.state_dir is not None:
+            self.state_dir = StateDir(settings.state_dir, bundle_identity(bundle), fsync=settings.fsync)
+            try:
+                self.recovered, journal = self.state_dir.recover(self._empty_store)
+            except BaseException:
+                self.state_dir.close()
+                raise
+        else:
+            self.recovered, journal = Recovered(self._empty_store()), None
+        store = self.recovered.store
+        store.max_gap_steps, store.max_servers = settings.max_gap_steps, settings.max_servers
+        self.ingestor = Ingestor(
+            store,
+            journal,
+            tick_count=self.recovered.tick_count,
+            records=self.recovered.records,
+            max_future_seconds=settings.max_future_seconds,
+        )
+        self.predictor = Predictor(
+            self.engine,
+            self.ingestor,
+            thresholds,
+            self._metadata(),
+            interval=settings.interval,
+            poll_seconds=settings.poll_seconds,
+        )
+        self.hub = Hub()
+        self.registry = make_registry(self.predictor, self.ingestor)
+        self.snapshots = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        if self.recovered.replayed_batches or self.recovered.snapshot_segment is not None:
+            log.info(
+                "recovered %d servers, %d batches (%d replayed from the log)",
+                len(store.servers),
+                self.recovered.tick_count,
+                self.recovered.replayed_batches,
+            )
+
+    def _empty_store(self) -> WindowStore:
+        return self.engine.store
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "model_type": "TFT",
+            "bundle": self.bundle.path.name if self.bundle.path is not None else None,
+            "bundle_path": str(self.bundle.path) if self.bundle.path is not None else None,
+            "contract_version": c.CONTRACT_VERSION,
+            "horizon_steps": self.engine.spec.horizon,
+            "device": str(self.engine.device),
+            "targets": list(self.bundle.targets),
+        }
+
+    @property
+    def running(self) -> bool:
+        """Whether the background predictor is alive."""
+        return bool(self._tasks) and not self._tasks[0].done()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Run the predictor and the snapshot schedule while the app serves; snapshot on the way out."""
+        self._tasks = [asyncio.create_task(self.predictor.run(self.hub.publish), name="predictor")]
+        if self.state_dir is not None:
+            self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+        try:
+            yield
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.hub.close()
+            await anyio.to_thread.run_sync(self.close)
+
+    async def _snapshot_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.snapshot_seconds))
+            journal = self.ingestor.journal
+            big = journal is not None and journal.segment_bytes >= self.settings.snapshot_log_bytes
+            if big or time.monotonic() - last >= self.settings.snapshot_seconds:
+                await anyio.to_thread.run_sync(self.snapshot)
+                last = time.monotonic()
+
+    def snapshot(self) -> None:
+        """Snapshot the windows now (a short lock, then the write without it)."""
+        if self.state_dir is None:
+            return
+        started = self.ingestor.start_snapshot()
+        if started is not None:
+            path = self.state_dir.write_snapshot(*started)
+            self.snapshots += 1
+            log.info("snapshot %s written", path.name)
+
+    def close(self) -> None:
+        """Take a final snapshot, close the log and release the state folder (idempotent)."""
+        if self.state_dir is None:
+            return
+        try:
+            self.snapshot()
+        finally:
+            if self.ingestor.journal is not None:
+                self.ingestor.journal.close()
+            self.state_dir.close()
+            self.state_dir = None
+
+    def status(self) -> dict[str, Any]:
+        """Return the ``GET /status`` document (a short lock to read the live warm-up)."""
+        warmup = self.predictor.warmup()
+        journal = self.ingestor.journal
+        env = self.predictor.latest.summary["environment"]
+        return {
+            "running": self.running,
+            "tick_count": self.ingestor.tick_count,
+            "window_size": sum(warmup.servers.values()),
+            "warmup": warmup.to_json(),
+            "fleet": {
+                "total_servers": warmup.total,
+                "ready_servers": warmup.ready,
+                "warming_up_servers": warmup.total - warmup.ready,
+                "fleet_status": f"{warmup.ready}/{warmup.total} servers ready",
+                "fleet_health": env["fleet_health"],
+            },
+            "predictor": self.predictor.status(),
+            "ingest": {**vars(self.ingestor.counters), "records_total": self.ingestor.records},
+            "state": {
+                "state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,
+                "segment": journal.segment if journal is not None else None,
+                "segment_bytes": journal.segment_bytes if journal is not None else None,
+                "fsync": self.settings.fsync,
+                "snapshots_written": self.snapshots,
+                "recovered_batches": self.recovered.tick_count,
+                "replayed_batches": self.recovered.replayed_batches,
+            },
+            "websocket_clients": self.hub.subscribers,
+            "uptime_seconds": round(time.time() - self.started, 1),
+        }

@@ -1,0 +1,210 @@
+"""The inference daemon's HTTP and WebSocket API (DESIGN §7), on FastAPI.
+
+Writes (``POST /feed/data``) are validated record by record, logged and acknowledged without
+waiting for the model; reads return the latest published prediction at once. Every endpoint
+is described in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from workbench.model.bundle import Bundle, load_bundle
+from workbench.service import schemas as s
+from workbench.service.common import BodyTooLarge, api_key_guard, read_body
+from workbench.service.daemon import SERVICE_NAME, InferenceDaemon
+from workbench.service.ingest import BodyError, parse_body
+from workbench.service.journal import StateError
+from workbench.service.predictor import Published
+from workbench.service.settings import InferenceSettings
+from workbench.thresholds import Thresholds
+
+JSON = "application/json"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorResponse, "description": text}
+    for code, text in [
+        (400, "malformed JSON"),
+        (401, "missing or invalid X-API-Key (only when the daemon has a key)"),
+        (413, "body or record count over the limit"),
+        (503, "the append log cannot be written; nothing was stored"),
+    ]
+}
+
+
+WS_DOC = {
+    "summary": "WebSocket: a push on each new prediction",
+    "description": (
+        "Upgrade to a WebSocket. The server sends each new prediction as one text message holding "
+        "the `GET /predictions/current` document (with `?summary=true`: without `predictions`); the "
+        "latest one is sent on connect. A slow client skips to the newest. Messages from the client "
+        "are ignored."
+    ),
+    "parameters": [{"name": "summary", "in": "query", "required": False, "schema": {"type": "boolean"}}],
+    "responses": {
+        "101": {
+            "description": "switching protocols; then one message per prediction",
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/PredictionsResponse"}}},
+        }
+    },
+    "tags": ["read"],
+}
+
+
+def _openapi_with_websocket(app: FastAPI) -> None:
+    """Describe ``/ws/predictions`` in ``/openapi.json`` (OpenAPI has no WebSocket operations)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema["paths"]["/ws/predictions"] = {"get": WS_DOC}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: InferenceSettings, *, bundle: Bundle | None = None) -> FastAPI:
+    """Build the inference daemon's app: load the model, recover the state folder, wire the routes.
+
+    Args:
+        settings: Validated settings.
+        bundle: An already loaded bundle (default: load ``settings.bundle``).
+
+    Raises:
+        BundleError: when the bundle cannot be loaded.
+        StateError: when the state folder cannot be used (see :class:`InferenceDaemon`).
+    """
+    bundle = bundle or load_bundle(settings.bundle, device=settings.device)
+    thresholds = Thresholds.from_yaml(settings.thresholds) if settings.thresholds else Thresholds()
+    daemon = InferenceDaemon(settings, bundle, thresholds)
+    app = FastAPI(
+        title="workbench inference daemon",
+        version="1.0",
+        summary="Feeds fleet metrics to a TFT and serves 8-hour forecasts, alerts and fleet risk.",
+        lifespan=daemon.lifespan,
+    )
+    app.state.daemon = daemon
+    _feed_routes(app, daemon)
+    _read_routes(app, daemon)
+    _websocket_route(app, daemon)
+    _openapi_with_websocket(app)
+    return app
+
+
+def _feed_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
+    settings, ingestor = daemon.settings, daemon.ingestor
+    guard = api_key_guard(settings.api_key, ingestor.refuse)
+
+    @app.post(
+        "/feed/data",
+        response_model=s.FeedResponse,
+        responses={422: {"model": s.FeedResponse, "description": "some or all records refused"}, **_ERRORS},
+        openapi_extra={"requestBody": s.feed_request_body(settings.max_records)},
+        dependencies=[Depends(guard)],
+        tags=["feed"],
+    )
+    async def feed_data(request: Request) -> Response:
+        """Add metric records to the windows.
+
+        Each record is checked on its own: valid ones are logged durably and added, invalid
+        ones are listed in ``rejected`` with index, field and reason (status 422 when any is
+        refused). Aliases of the earlier system (``cpu_percent``, ``status``, ...) are
+        accepted; unknown fields are ignored and listed.
+        """
+        try:
+            records = parse_body(await read_body(request, settings.max_body_bytes), settings.max_records)
+            outcome = await anyio.to_thread.run_sync(ingestor.feed, records)
+        except BodyTooLarge as exc:
+            ingestor.refuse(413)
+            return _error(413, str(exc))
+        except BodyError as exc:
+            ingestor.refuse(exc.status)
+            return _error(exc.status, str(exc), [i.to_dict() for i in exc.issues])
+        except StateError as exc:
+            return _error(503, f"nothing stored: {exc}")
+        return JSONResponse(outcome.body, status_code=outcome.status)
+
+
+def _error(status: int, detail: str, rejected: list[dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "rejected": rejected or []}, status_code=status)
+
+
+def _read_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
+    predictor = daemon.predictor
+
+    @app.get("/predictions/current", response_model=s.PredictionsResponse, tags=["read"])
+    async def predictions_current() -> Response:
+        """Return the latest forecast of every server, the active alerts and the fleet's risk.
+
+        Served from the last published result, without waiting for the model. Before the first
+        forecast, ``predictions`` is empty and ``metadata.status`` says why.
+        """
+        return Response(predictor.latest.body, media_type=JSON)
+
+    @app.get("/alerts/active", response_model=s.AlertsResponse, tags=["read"])
+    async def alerts_active() -> Response:
+        """Return the active predictive alerts of the latest forecast, most urgent first."""
+        return Response(predictor.latest.alerts_body, media_type=JSON)
+
+    @app.get("/health", response_model=s.HealthResponse, tags=["read"])
+    async def health() -> dict[str, Any]:
+        """Say whether the daemon and its background predictor are running."""
+        running = daemon.running
+        return {"status": "healthy" if running else "unhealthy", "service": SERVICE_NAME, "running": running}
+
+    @app.get("/status", response_model=s.StatusResponse, tags=["read"])
+    async def status() -> Response:
+        """Return warm-up progress per server and for the fleet, counters and state-folder figures."""
+        doc = await anyio.to_thread.run_sync(daemon.status)
+        return JSONResponse(doc)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+        tags=["read"],
+    )
+    async def metrics() -> Response:
+        """Prometheus exposition: forecasts, alerts, fleet risk, warm-up and ingest counters."""
+        text = await anyio.to_thread.run_sync(generate_latest, daemon.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def _websocket_route(app: FastAPI, daemon: InferenceDaemon) -> None:
+    @app.websocket("/ws/predictions")
+    async def ws_predictions(websocket: WebSocket, summary: bool = False) -> None:
+        """Push each new prediction; see :data:`WS_DOC`."""
+        await websocket.accept()
+        queue = daemon.hub.subscribe()
+        receiver = asyncio.create_task(_until_disconnect(websocket))
+        try:
+            latest: Published | None = daemon.predictor.latest
+            while latest is not None:
+                if latest.version:
+                    await websocket.send_text(latest.summary_text if summary else latest.text)
+                getter = asyncio.create_task(queue.get())
+                await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                latest = getter.result()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            daemon.hub.unsubscribe(queue)
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
