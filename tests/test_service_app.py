@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from workbench.errors import StateError
 from workbench.model import load_bundle
 from workbench.service.generator_app import encode_step
 from workbench.service.inference_app import create_app
-from workbench.service.journal import StateError
 from workbench.service.settings import InferenceSettings
 from workbench.simulator import FleetStream
 

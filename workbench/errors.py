@@ -55,6 +55,10 @@ class BundleError(WorkbenchError):
     """A model bundle is missing, damaged, or does not match the running contract."""
 
 
+class StateError(WorkbenchError):
+    """The daemon's state folder is unusable: another contract or bundle, damage, or in use."""
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,12 +16,12 @@ from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from workbench.errors import StateError
 from workbench.model.bundle import Bundle, load_bundle
 from workbench.service import schemas as s
 from workbench.service.common import BodyTooLarge, api_key_guard, read_body
 from workbench.service.daemon import SERVICE_NAME, InferenceDaemon
 from workbench.service.ingest import BodyError, parse_body
-from workbench.service.journal import StateError
 from workbench.service.predictor import Published
 from workbench.service.settings import InferenceSettings
 from workbench.thresholds import Thresholds

@@ -25,16 +25,12 @@ from typing import Any
 
 import polars as pl
 
-from workbench.errors import WorkbenchError
+from workbench.errors import StateError
 
 MAGIC = b"WBLOG1\n"
 FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 SEGMENT_RE = re.compile(r"^log-(\d{8})\.wal$")
 log = logging.getLogger(__name__)
-
-
-class StateError(WorkbenchError):
-    """The daemon's state folder is unusable: another contract or bundle, damage, or in use."""
 
 
 def segment_path(directory: Path, number: int) -> Path:

@@ -30,16 +30,10 @@ from typing import IO, Any
 import numpy as np
 
 from workbench import contract as c
+from workbench.errors import StateError
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
-from workbench.service.journal import (
-    Journal,
-    Segment,
-    StateError,
-    fsync_dir,
-    segment_path,
-    segments,
-)
+from workbench.service.journal import Journal, Segment, fsync_dir, segment_path, segments
 
 SNAPSHOT_META = "snapshot.json"
 STATE_FORMAT = 1
