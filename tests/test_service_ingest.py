@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from payloads import SEED_001_RECORD, SEED_004_RECORD
 
 from workbench import contract as c
 from workbench.inference.window import WindowStore
@@ -12,33 +13,8 @@ from workbench.service.ingest import BodyError, Ingestor, parse_body
 from workbench.service.journal import Journal, Segment, segment_path
 from workbench.service.schemas import SEED_EXAMPLE
 
-SEED_001 = {  # the earlier system's INFERENCE_README example, as it is
-    "records": [
-        {
-            "timestamp": "2025-10-12T21:40:00",
-            "server_name": "ppml0001",
-            "cpu_percent": 45.2,
-            "memory_percent": 62.1,
-            "disk_percent": 35.8,
-            "load_average": 2.3,
-            "status": "healthy",
-            "profile": "ml_compute",
-        }
-    ]
-}
-SEED_004 = {  # the earlier system's TEAM_HANDOFF curl example, as it is
-    "records": [
-        {
-            "timestamp": "2025-10-13T16:00:00Z",
-            "server_name": "ppdb001",
-            "cpu_pct": 45.2,
-            "mem_pct": 67.8,
-            "disk_io_mb_s": 123.4,
-            "latency_ms": 12.5,
-            "state": "healthy",
-        }
-    ]
-}
+SEED_001 = {"records": [SEED_001_RECORD]}  # the INFERENCE_README example, as it is
+SEED_004 = {"records": [SEED_004_RECORD]}  # the TEAM_HANDOFF curl example, as it is
 NOW = 1_760_400_000.0  # 2025-10-14, after the seeds' timestamps
 
 
