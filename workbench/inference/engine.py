@@ -110,7 +110,7 @@ class Engine:
         need = self.spec.min_encoder_length
         ready = [s for s in names if hist[s] >= need]
         warming = {s: hist[s] for s in names if hist[s] < need}
-        windows = self.store.windows(ready, self.spec.max_encoder_length)
+        windows = self.store.windows(ready, self.spec.max_encoder_length, np.array([hist[s] for s in ready]))
         # Reading fills every gap, so a target still NaN at the first step has no value in the window.
         absent = np.isnan(windows.values[:, 0, :]) if len(ready) else np.zeros((0, len(self.spec.targets)), bool)
         missing = {

@@ -337,14 +337,16 @@ class WindowStore:
         start = np.where(starts, t[None, :], -1).max(axis=1)
         return np.where(start >= 0, self.capacity - start, 0)
 
-    def windows(self, names: list[str], length: int) -> Windows:
+    def windows(self, names: list[str], length: int, history: np.ndarray | None = None) -> Windows:
         """Return the last ``length`` steps (fewer when history is shorter) of ``names``.
 
         Missing steps and values are carried forward from the previous step (a leading gap is
         filled from the first value); a metric with no value in the whole window stays NaN.
+        ``history`` passes :meth:`histories` values already computed for ``names``.
         """
         slots = np.array([self._index[n] for n in names], dtype=np.int64)
-        lengths = np.minimum(self._histories(slots), min(length, self.capacity))
+        hist = self._histories(slots) if history is None else np.asarray(history, dtype=np.int64)
+        lengths = np.minimum(hist, min(length, self.capacity))
         t = np.arange(length)
         steps = (self._last[slots] - lengths + 1)[:, None] + t[None, :]
         valid = t[None, :] < lengths[:, None]
