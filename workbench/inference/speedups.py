@@ -8,13 +8,14 @@ Profiling the stock network on a fleet (1,000 servers × 384 steps) shows two ho
 * the interpretable attention computes each head with separate projections, a division, a
   ``masked_fill`` and a softmax, materialising every weight matrix (about 30 %).
 
-:class:`FusedVariableSelection` runs all variables of a selection network at once with
-batched matrix products (the interpolation becomes a fixed matrix), and :class:`FusedAttention`
-projects all heads in one product and calls ``scaled_dot_product_attention``. Both read the
-original module's weights and compute the same function; only floating-point rounding
-differs. :func:`optimise` applies them to a copy of the network, leaving the original intact
-(the reference path keeps using it), and falls back to the stock module for any selection
-network whose variables are not all plain reals of one shape.
+:class:`~workbench.inference.fused_vsn.FusedVariableSelection` collapses the affine layers
+around each scalar input and evaluates time-only inputs once per distinct row;
+:class:`ContextOncePerServer` projects the static context once per server instead of per step;
+:class:`FusedAttention` projects all heads in one product and calls
+``scaled_dot_product_attention``. All read the original modules' weights and compute the same
+function; only floating-point rounding differs. :func:`optimise` applies them to a copy of the
+network, leaving the original intact (the reference path keeps using it), and keeps the stock
+module for any selection network whose inputs are not all plain reals.
 """
 
 from __future__ import annotations
