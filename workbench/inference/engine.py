@@ -8,6 +8,7 @@ calls the network in batches under ``torch.inference_mode()``, on CPU or CUDA.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,7 @@ class Engine:
         max_gap_steps: int = 6,
         max_servers: int = 100_000,
         fast: bool = True,
+        workers: int | None = None,
     ) -> None:
         """Create an engine around a loaded bundle.
 
@@ -81,6 +83,10 @@ class Engine:
             max_gap_steps: Longest gap carried forward before a server's warm-up restarts.
             max_servers: Most servers held in memory.
             fast: Apply the output-preserving speed-ups of :mod:`workbench.inference.speedups`.
+            workers: Batches run at once on CPU, each in its own thread with an equal share of
+                torch's threads (default: one worker per torch thread). The network's many small
+                kernels scale poorly across threads inside one call (and OpenMP barriers stall
+                badly on a busy machine); separate batches on separate threads do not.
         """
         self.bundle = bundle
         self.spec = bundle.spec
@@ -91,6 +97,10 @@ class Engine:
             self.spec.max_encoder_length, self.spec.targets, max_gap_steps=max_gap_steps, max_servers=max_servers
         )
         self.last_seconds = 0.0
+        threads = torch.get_num_threads()
+        self.workers = 1 if self.device.type != "cpu" else max(1, workers or threads)
+        self._pool: ThreadPoolExecutor | None = None
+        self._threads_per_worker = max(1, threads // self.workers)
 
     def ingest(self, frame: pl.DataFrame) -> IngestReport:
         """Add validated contract rows to the windows (see :meth:`WindowStore.ingest`)."""
@@ -138,14 +148,50 @@ class Engine:
         """Run the network on windows in batches; return raw ``(servers, targets, horizon, 3)`` quantiles."""
         n_targets, h = len(self.spec.targets), self.spec.horizon
         out = np.empty((len(windows.servers), n_targets, h, 3), dtype=np.float32)
-        with torch.inference_mode():
-            for lo in range(0, len(windows.servers), self.batch_size):
-                part = _select(windows, slice(lo, lo + self.batch_size))
-                x = build_inputs(part, self.spec, self.bundle.hparams, self.device)
+        parts = _batches(len(windows.servers), self.batch_size, self.workers)
+
+        def run(part: slice) -> None:
+            with torch.inference_mode():
+                x = build_inputs(_select(windows, part), self.spec, self.bundle.hparams, self.device)
                 pred = self.network(x)["prediction"]
                 pred = pred if isinstance(pred, list | tuple) else [pred]
-                out[lo : lo + len(part.servers)] = torch.stack(pred, dim=1).float().cpu().numpy()
+                out[part] = torch.stack(pred, dim=1).float().cpu().numpy()
+
+        if self.workers > 1 and len(parts) > 1:
+            list(self._executor().map(run, parts))
+        else:
+            for part in parts:
+                run(part)
         return out
+
+    def close(self) -> None:
+        """Stop the worker threads (the engine starts them again when it next predicts)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.workers,
+                thread_name_prefix="engine",
+                initializer=_limit_threads,
+                initargs=(self._threads_per_worker,),
+            )
+        return self._pool
+
+
+def _batches(n: int, batch_size: int, workers: int) -> list[slice]:
+    """Split ``n`` servers into near-equal batches of at most ``batch_size``, a multiple of ``workers`` of them."""
+    count = -(-n // batch_size)
+    count = min(n, -(-count // workers) * workers)
+    bounds = np.linspace(0, n, count + 1).round().astype(int).tolist()
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _limit_threads(threads: int) -> None:
+    """Give a worker thread its share of torch's intra-op threads (a per-thread setting)."""
+    torch.set_num_threads(threads)
 
 
 def _select(windows: Windows, which: Any) -> Windows:

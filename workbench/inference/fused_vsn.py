@@ -80,10 +80,9 @@ class _Variable(nn.Module):
         if hasattr(grn, "resample_norm"):
             rn = grn.resample_norm
             m, gate = interpolation_matrix(grn.input_size, grn.output_size), _gate(rn)
-            self.p, self.q = _param((a @ m) * gate), _param((b @ m) * gate)
-            self.res_norm: nn.LayerNorm | None = rn.norm
+            self.residual: nn.Module = _NormedLine((a @ m) * gate, (b @ m) * gate, rn.norm)
         else:
-            self.p, self.q, self.res_norm = _param(a), _param(b), None
+            self.residual = _Line(a, b)
         self.out_norm = grn.gate_norm.add_norm.norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,10 +90,45 @@ class _Variable(nn.Module):
         xe = x.unsqueeze(-1)
         hidden = F.elu(torch.addcmul(self.w, xe, self.u))
         gated = F.glu(torch.addmm(self.Q, hidden.reshape(-1, hidden.size(-1)), self.P), dim=-1)
-        residual = torch.addcmul(self.q, xe, self.p)
-        if self.res_norm is not None:
-            residual = self.res_norm(residual)
-        return self.out_norm(gated.reshape(*x.shape, -1) + residual)
+        return self.out_norm(gated.reshape(*x.shape, -1).add_(self.residual(xe)))
+
+
+class _Line(nn.Module):
+    """``p·x + q`` for a scalar ``x`` per row."""
+
+    def __init__(self, p: torch.Tensor, q: torch.Tensor) -> None:
+        super().__init__()
+        self.p, self.q = _param(p), _param(q)
+
+    def forward(self, xe: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., 1)`` values to ``(..., size)``."""
+        return torch.addcmul(self.q, xe, self.p)
+
+
+class _NormedLine(nn.Module):
+    """``LayerNorm(p·x + q)`` for a scalar ``x`` per row, in closed form.
+
+    The row ``p·x + q`` has mean ``x·p̄ + q̄`` and variance ``a·x² + 2b·x + c`` (the moments of
+    the centred ``p`` and ``q``), so the norm is ``(x·p' + q')/σ(x)`` scaled and shifted: the
+    per-row work is one scalar square root instead of a reduction over the row. The scalar
+    part runs in float64, where the quadratic cannot cancel badly.
+    """
+
+    def __init__(self, p: torch.Tensor, q: torch.Tensor, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        pc, qc = p - p.mean(), q - q.mean()
+        gamma = _f64(norm.weight) if norm.weight is not None else torch.ones_like(pc)
+        self.moments = ((pc * pc).mean().item(), 2.0 * (pc * qc).mean().item(), (qc * qc).mean().item() + norm.eps)
+        self.pg, self.qg = _param(pc * gamma), _param(qc * gamma)
+        self.beta = _param(_f64(norm.bias) if norm.bias is not None else torch.zeros_like(pc))
+
+    def forward(self, xe: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., 1)`` values to ``(..., size)``."""
+        a, b, c = self.moments
+        x64 = xe.double()
+        inv = torch.rsqrt((x64 * a + b) * x64 + c)
+        out = torch.addcmul(self.beta, (x64 * inv).float(), self.pg)
+        return out.addcmul_(inv.float(), self.qg)
 
 
 class _Weights(nn.Module):
