@@ -8,6 +8,7 @@ from payloads import SEED_001_RECORD, SEED_004_RECORD
 
 from workbench import contract as c
 from workbench.errors import ContractError
+from workbench.records import validate_records
 
 
 def good_frame(n: int = 3) -> pl.DataFrame:
@@ -136,7 +137,7 @@ def test_validate_reports_many_rows_but_bounds_the_message():
 
 
 def test_seed_payloads_validate_through_the_aliases():
-    batch = c.validate_records([SEED_001_RECORD, SEED_004_RECORD])
+    batch = validate_records([SEED_001_RECORD, SEED_004_RECORD])
     assert batch.rejected == [] and batch.accepted == [0, 1]
     assert batch.ignored_fields == ["load_average"]
     rows = batch.frame.to_dicts()
@@ -167,7 +168,7 @@ def test_seed_payloads_validate_through_the_aliases():
     ],
 )
 def test_bad_records_are_refused_with_index_field_and_reason(record, field, reason):
-    batch = c.validate_records([SEED_004_RECORD, record, SEED_001_RECORD])
+    batch = validate_records([SEED_004_RECORD, record, SEED_001_RECORD])
     assert batch.accepted == [0, 2]
     assert batch.frame.height == 2
     assert [(i.index, i.field) for i in batch.rejected] == [(1, field)]
@@ -176,7 +177,7 @@ def test_bad_records_are_refused_with_index_field_and_reason(record, field, reas
 
 
 def test_a_record_with_several_problems_reports_each():
-    batch = c.validate_records([{"timestamp": "x", "server_name": "a b", "cpu_pct": -5}])
+    batch = validate_records([{"timestamp": "x", "server_name": "a b", "cpu_pct": -5}])
     assert {i.field for i in batch.rejected} == {"timestamp", "server_name", "cpu_pct"}
     assert batch.frame.height == 0 and list(batch.frame.columns) == list(c.COLUMNS)
 
@@ -222,4 +223,4 @@ def test_boolean_metrics_and_the_upper_time_bound_agree_between_frames_and_recor
     edge = "2100-01-01T00:00:00Z"
     with pytest.raises(ContractError, match="between"):
         c.validate(pl.DataFrame({"timestamp": [edge], "server_name": ["a"]}))
-    assert c.validate_records([{"timestamp": edge, "server_name": "a"}]).rejected
+    assert validate_records([{"timestamp": edge, "server_name": "a"}]).rejected

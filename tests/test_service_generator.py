@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from workbench import contract as c
 from workbench.errors import ConfigError
+from workbench.records import validate_records
 from workbench.service.generator_app import Generator, create_generator_app, encode_step
 from workbench.service.settings import GeneratorSettings
 from workbench.simulator import FleetStream
@@ -40,7 +41,7 @@ def settings(**overrides) -> GeneratorSettings:
 def test_a_step_body_is_exactly_the_contract_frame():
     frame = next(FleetStream(4, seed=1))
     body = json.loads(encode_step(frame))
-    batch = c.validate_records(body["records"])
+    batch = validate_records(body["records"])
     assert batch.rejected == [] and batch.frame.equals(frame)
 
 

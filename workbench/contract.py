@@ -2,8 +2,8 @@
 
 Every stage (simulator, trainer, bundle, engine, service, dashboard) imports its names from
 here; a model bundle stores :func:`contract_json` and refuses to load under a different one.
-Input enters through :func:`validate` (polars frames) or :func:`validate_records` (JSON
-records), which map the earlier system's aliases once and name every violation.
+Input enters through :func:`validate` (polars frames) or :func:`workbench.records.validate_records`
+(JSON records), which map the earlier system's aliases once and name every violation.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ SCHEMA: dict[str, pl.DataType] = {
     **{name: pl.Float64() for name in METRIC_NAMES},
 }
 
-_SERVER_RE = re.compile(SERVER_NAME_PATTERN)
+SERVER_PATTERN = re.compile(SERVER_NAME_PATTERN)
 # Longest prefix first so that "pprisk" is not shadowed by a shorter prefix.
 _PREFIXES = sorted(PROFILE_PREFIXES.items(), key=lambda kv: -len(kv[0]))
 
@@ -286,7 +286,7 @@ def _parse_time_strings(raw: pl.Series) -> pl.Series:
     redo = (fast.is_null() & raw.is_not_null()).arg_true()
     if redo.len() == 0:
         return fast
-    slow = [_parse_timestamp(v)[0] for v in raw.gather(redo).to_list()]
+    slow = [parse_timestamp(v)[0] for v in raw.gather(redo).to_list()]
     return fast.scatter(redo, pl.Series(slow, dtype=SCHEMA[TIMESTAMP]))
 
 
@@ -302,7 +302,7 @@ def _frame_issues(frame: pl.DataFrame, limit: int = 50) -> list[Issue]:
             ~pl.col(TIMESTAMP).is_between(pl.lit(TIMESTAMP_MIN), pl.lit(TIMESTAMP_MAX), closed="left"),
             f"must lie between {TIMESTAMP_MIN:%Y-%m-%d} and {TIMESTAMP_MAX:%Y-%m-%d}",
         ),
-        (SERVER, ~pl.col(SERVER).fill_null("").str.contains(f"^{SERVER_NAME_PATTERN}$"), _server_rule()),
+        (SERVER, ~pl.col(SERVER).fill_null("").str.contains(f"^{SERVER_NAME_PATTERN}$"), server_rule()),
         (STATE, pl.col(STATE).is_not_null() & ~pl.col(STATE).is_in(STATES), f"allowed: {', '.join(STATES)}"),
         (PROFILE, pl.col(PROFILE).is_not_null() & ~pl.col(PROFILE).is_in(PROFILES), f"allowed: {', '.join(PROFILES)}"),
     ]
@@ -325,100 +325,13 @@ def _frame_issues(frame: pl.DataFrame, limit: int = 50) -> list[Issue]:
     return sorted(issues, key=lambda i: (i.index if i.index is not None else -1, i.field))
 
 
-def _server_rule() -> str:
+def server_rule() -> str:
+    """Describe the allowed server names."""
     return "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
 
 
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class RecordBatch:
-    """The outcome of validating JSON records: the valid rows and why the others were refused.
-
-    Attributes:
-        frame: Valid records as a canonical contract frame.
-        accepted: Input index of each row of ``frame``.
-        rejected: One issue per problem, naming index, field and reason.
-        ignored_fields: Field names outside the contract that were dropped (e.g. ``load_average``).
-    """
-
-    frame: pl.DataFrame
-    accepted: list[int]
-    rejected: list[Issue]
-    ignored_fields: list[str]
-
-
-def validate_records(records: Sequence[Any]) -> RecordBatch:
-    """Validate JSON records one by one, keeping the valid ones.
-
-    Args:
-        records: Decoded JSON objects, e.g. the ``records`` of a ``POST /feed/data`` body.
-
-    Returns:
-        The valid rows and the issues of the invalid ones; a record with any issue is refused
-        whole so that no partial or altered value is stored.
-    """
-    rows: list[dict[str, Any]] = []
-    accepted: list[int] = []
-    rejected: list[Issue] = []
-    ignored: set[str] = set()
-    for index, raw in enumerate(records):
-        row, issues = _check_record(index, raw, ignored)
-        if issues:
-            rejected.extend(issues)
-        else:
-            rows.append(row)
-            accepted.append(index)
-    frame = pl.DataFrame(rows, schema=SCHEMA, orient="row") if rows else pl.DataFrame(schema=SCHEMA)
-    return RecordBatch(frame.select(COLUMNS), accepted, rejected, sorted(ignored))
-
-
-def _check_record(index: int, raw: Any, ignored: set[str]) -> tuple[dict[str, Any], list[Issue]]:
-    if not isinstance(raw, Mapping):
-        return {}, [Issue(index, "<record>", raw, "must be a JSON object")]
-    issues: list[Issue] = []
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    for key, value in raw.items():
-        name = ALIASES.get(key, key)
-        if name not in row:
-            ignored.add(str(key))
-            continue
-        parsed, reason = _parse_field(name, value)
-        if reason:
-            issues.append(Issue(index, str(key), value, reason))
-        else:
-            row[name] = parsed
-    for key in (TIMESTAMP, SERVER):
-        if key not in raw:
-            issues.append(Issue(index, key, None, "required field is missing"))
-    if row[PROFILE] is None and row[SERVER] is not None:
-        row[PROFILE] = infer_profile(row[SERVER])
-    return row, issues
-
-
-def _parse_field(name: str, value: Any) -> tuple[Any, str | None]:
-    if name == TIMESTAMP:
-        return _parse_timestamp(value)
-    if name == SERVER:
-        ok = isinstance(value, str) and _SERVER_RE.fullmatch(value) is not None
-        return (value, None) if ok else (None, _server_rule())
-    if name in (STATE, PROFILE):
-        allowed = STATES if name == STATE else PROFILES
-        if value is None:
-            return None, None
-        return (value, None) if value in allowed else (None, f"allowed: {', '.join(allowed)}")
-    metric = METRIC_BY_NAME[name]
-    if value is None:
-        return None, None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, "must be a number"
-    if not metric.contains(float(value)):
-        return None, f"must be finite and within {metric.allowed()} {metric.unit}"
-    return float(value), None
-
-
-def _parse_timestamp(value: Any) -> tuple[datetime | None, str | None]:
+def parse_timestamp(value: Any) -> tuple[datetime | None, str | None]:
+    """Parse an ISO 8601 string or epoch seconds to a UTC time; return ``(time, None)`` or ``(None, reason)``."""
     ts: datetime | None = None
     if isinstance(value, str):
         try:

@@ -1,7 +1,7 @@
 """The write path of ``POST /feed/data``: parse, validate, log, then add to the windows.
 
 Nothing on this path waits for the model. A batch is checked record by record against the
-contract (:func:`workbench.contract.validate_records`), plus checks for timestamps from the
+contract (:func:`workbench.records.validate_records`), plus checks for timestamps from the
 future and absurd magnitudes; the valid records are written to the append log and added to the
 windows under one short lock (so the log order is the ingest order), and the log is fsynced outside the lock
 before the daemon answers. Invalid records are never stored; the response names each one.
@@ -23,6 +23,7 @@ import polars as pl
 from workbench import contract as c
 from workbench.errors import Issue
 from workbench.inference.window import WindowStore
+from workbench.records import validate_records
 from workbench.service.journal import Journal
 
 MAX_ISSUES_SHOWN = 1000
@@ -146,7 +147,7 @@ class Ingestor:
 
     def feed(self, records: Sequence[Any]) -> FeedOutcome:
         """Validate ``records``, store the valid ones durably, and say what happened to each."""
-        batch = c.validate_records(records)
+        batch = validate_records(records)
         frame, rejected = self._service_limits(batch.frame, batch.accepted, batch.rejected)
         too_old = 0
         if frame.height:
