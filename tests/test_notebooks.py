@@ -47,3 +47,77 @@ def test_generate_then_train_notebooks(tmp_path):
 def test_bad_notebook_parameter_fails_with_the_allowed_values(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="preset: allowed tiny, demo, reference"):
         run("02_train", tmp_path, data_dir="fleet", preset="huge")
+
+
+@pytest.fixture(scope="module")
+def critical_fleet_dir(tmp_path_factory) -> Path:
+    """Six servers over two days under the ``critical`` scenario, with their incidents."""
+    from workbench.data import write_parquet
+    from workbench.simulator import make_fleet, simulate
+
+    sim = simulate(make_fleet(6, seed=1), 2.0, scenario="critical")
+    return write_parquet(sim.metrics, tmp_path_factory.mktemp("critical"), incidents=sim.incidents)
+
+
+def test_evaluate_notebook_publishes_every_figure(tmp_path, tiny_bundle_dir, critical_fleet_dir):
+    metrics = run(
+        "03_evaluate",
+        tmp_path,
+        bundle=str(tiny_bundle_dir),
+        data=str(critical_fleet_dir),
+        out_dir="tables",
+        test_days=0.6,
+        test_servers=3,
+        origin_stride=24,
+        warning_stride=6,
+        history_steps=300,
+        max_servers=2,
+        progress=False,
+    )
+    models = {"tft", "seasonal_naive", "last_value", "predict_linear"}
+    for key in ("mase", "pinball", "coverage_p10_p90", "per_metric", "by_horizon", "pinball_raw_by_metric"):
+        assert set(metrics[key]) == models, key
+    assert metrics["mase_ratio_vs_seasonal_naive"] > 0
+    assert all(0 <= v <= 1 for v in metrics["coverage_p10_p90"].values())
+    assert set(metrics["early_warning"]) == {"tft", "predict_linear", "static"}
+    for rule in metrics["early_warning"].values():
+        keys = {"recall", "precision", "f1", "median_lead_minutes", "false_alarms_per_server_day"}
+        assert keys <= set(rule)
+    assert set(metrics["targets_met"]) == {"mase", "coverage", "recall_at_precision", "f1_vs_predict_linear"}
+    assert all(isinstance(v, bool) for v in metrics["targets_met"].values())
+    assert len(metrics["missed_targets"]) == list(metrics["targets_met"].values()).count(False)
+    assert metrics["servers"] == 2 and metrics["origins"] >= 1
+    assert (tmp_path / "tables" / "scores.csv").is_file()
+
+
+def test_warmup_notebook_recommends_a_length(tmp_path, tiny_bundle_dir, critical_fleet_dir):
+    metrics = run(
+        "04_warmup_study",
+        tmp_path,
+        bundle=str(tiny_bundle_dir),
+        data=str(critical_fleet_dir),
+        lengths="6,12,24,288",
+        origins=2,
+        origin_stride=12,
+        max_servers=2,
+        test_days=0.6,
+        test_servers=3,
+        progress=False,
+    )
+    assert metrics["lengths"] == [6, 12, 24, 48]  # the tiny bundle reads at most 48 steps
+    assert [p["history_steps"] for p in metrics["curve"]] == metrics["lengths"]
+    assert all({"mase", "pinball", "scaled_pinball", "coverage"} <= set(p) for p in metrics["curve"])
+    assert metrics["recommended_min_encoder_length"] in metrics["lengths"]
+    assert metrics["bundle_min_encoder_length"] == 12 and metrics["origins"] == 2 and metrics["servers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("03_evaluate", {"bundle", "data", "out_dir", "test_days", "test_servers", "origin_stride", "max_servers"}),
+        ("04_warmup_study", {"bundle", "data", "lengths", "origins", "max_servers", "tolerance", "seed"}),
+    ],
+)
+def test_evaluation_notebooks_declare_their_parameters(name, expected):
+    declared = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
+    assert expected | {"seed", "metrics_path"} <= declared

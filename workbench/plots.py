@@ -228,3 +228,104 @@ def _state_bands(part: pl.DataFrame, row: int) -> list[dict[str, Any]]:
 def _precursor_bands(mine: pl.DataFrame, row: int) -> list[dict[str, Any]]:
     rows = mine.select("precursor_start", pl.coalesce("onset", "peak")).iter_rows()
     return [_band(row, start, onset, "#fff176", 0.45) for start, onset in rows]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def score_by_horizon(
+    table: pl.DataFrame, column: str = "mase", *, target: tuple[float, float] | None = None
+) -> go.Figure:
+    """Return one line per model of a score against the lead time.
+
+    Args:
+        table: Scores per ``model`` and ``horizon_step`` (e.g. ``BacktestResult.summary("horizon_step")``).
+        column: Score to draw.
+        target: A ``(low, high)`` band to shade, e.g. the coverage target.
+    """
+    fig = go.Figure()
+    for k, (model,) in enumerate(table.select("model").unique(maintain_order=True).iter_rows()):
+        part = table.filter(pl.col("model") == model).sort("horizon_step")
+        minutes = (part["horizon_step"] * c.STEP_SECONDS / 60).to_list()
+        fig.add_trace(go.Scatter(x=minutes, y=part[column].to_list(), name=model, line={"color": _color(k)}))
+    if target is not None:
+        fig.add_hrect(y0=target[0], y1=target[1], fillcolor="green", opacity=0.1, line_width=0)
+    fig.update_layout(
+        title=f"{column} by lead time", xaxis_title="minutes ahead", yaxis_title=column, height=320, margin={"t": 40}
+    )
+    return fig
+
+
+def lead_time_histogram(outcomes: pl.DataFrame, *, bin_minutes: int = 30) -> go.Figure:
+    """Return the distribution of warning lead times, one overlaid histogram per rule.
+
+    Args:
+        outcomes: One row per rule and incident with ``lead_minutes`` (null when not warned in time).
+        bin_minutes: Width of a bar.
+    """
+    fig = go.Figure()
+    for k, (rule,) in enumerate(outcomes.select("rule").unique(maintain_order=True).iter_rows()):
+        leads = outcomes.filter(pl.col("rule") == rule)["lead_minutes"].drop_nulls().to_list()
+        bins = {"start": 0, "size": bin_minutes}
+        fig.add_trace(go.Histogram(x=leads, name=rule, xbins=bins, opacity=0.6, marker={"color": _color(k)}))
+    fig.update_layout(
+        barmode="overlay", title="lead time of timely warnings", xaxis_title="minutes before onset", height=320
+    )
+    fig.update_yaxes(title_text="incidents")
+    return fig
+
+
+def fan_comparison(
+    history: pl.DataFrame, forecasts: dict[str, Forecast], server: str, metric: str, *, history_steps: int = 96
+) -> go.Figure:
+    """Return side-by-side p10/p50/p90 fans of several models for one server and metric, with what happened.
+
+    Args:
+        history: Contract frame with the server's observations before and after the origin.
+        forecasts: Forecasts by model name, all from the same origin and including ``server``.
+        server: Server to draw.
+        metric: Metric to draw.
+        history_steps: Observed steps shown before the origin.
+    """
+    fig = make_subplots(rows=1, cols=len(forecasts), shared_yaxes=True, subplot_titles=list(forecasts))
+    part = history.filter(pl.col(c.SERVER) == server).sort(c.TIMESTAMP)
+    for col, fc in enumerate(forecasts.values(), start=1):
+        i, j = fc.servers.index(server), fc.targets.index(metric)
+        times, q = fc.timestamps(i), fc.quantiles[i, j]
+        origin = times[0] - (times[1] - times[0]) if len(times) > 1 else times[0]
+        seen = part.filter(pl.col(c.TIMESTAMP) <= times[-1]).tail(history_steps + len(times))
+        first = col == 1
+        fig.add_trace(
+            go.Scatter(x=seen[c.TIMESTAMP].to_list(), y=seen[metric].to_list(), name="observed", showlegend=first,
+                       line={"color": "black", "width": 1}), row=1, col=col,
+        )  # fmt: skip
+        fig.add_trace(go.Scatter(x=times, y=q[:, 2].tolist(), line={"width": 0}, showlegend=False), row=1, col=col)
+        band = go.Scatter(
+            x=times, y=q[:, 0].tolist(), name="p10-p90", fill="tonexty", fillcolor=_BAND, line={"width": 0},
+            showlegend=first,
+        )  # fmt: skip
+        fig.add_trace(band, row=1, col=col)
+        p50 = go.Scatter(x=times, y=q[:, 1].tolist(), name="p50", line={"dash": "dash", "color": _color(0)})
+        fig.add_trace(p50.update(showlegend=first), row=1, col=col)
+        fig.add_vline(x=origin, line={"color": "grey", "dash": "dot"}, row=1, col=col)
+    fig.update_layout(title=f"{server} {metric}", height=340, margin={"t": 60, "b": 30})
+    fig.update_yaxes(title_text=c.METRIC_BY_NAME[metric].unit, row=1, col=1)
+    return fig
+
+
+def warmup_plot(curve: pl.DataFrame, *, recommended: int, current: int, column: str = "mase") -> go.Figure:
+    """Return a score against the steps of history, with the recommended and the bundle's minimum marked.
+
+    Args:
+        curve: ``history_steps`` and scores (e.g. from ``workbench.evaluation.warmup_curve``).
+        recommended: The recommended minimum encoder length.
+        current: The bundle's ``min_encoder_length``.
+        column: Score to draw.
+    """
+    ordered = curve.sort("history_steps")
+    fig = go.Figure(go.Scatter(x=ordered["history_steps"].to_list(), y=ordered[column].to_list(), mode="lines+markers"))
+    fig.add_vline(x=recommended, line={"color": "green", "dash": "dash"}, annotation_text=f"recommended {recommended}")
+    fig.add_vline(x=current, line={"color": "grey", "dash": "dot"}, annotation_text=f"bundle {current}")
+    fig.update_layout(title=f"{column} by steps of history", xaxis_title="steps of history", yaxis_title=column)
+    fig.update_layout(height=320, margin={"t": 40})
+    return fig

@@ -36,9 +36,13 @@ class TrainConfig:
         batch_size: Training batch size.
         max_epochs: Upper bound on epochs; early stopping usually ends sooner.
         patience: Epochs without validation improvement before stopping.
+        max_time_minutes: Wall-clock bound on the fit (Lightning's ``max_time``); ``None``: no bound.
         limit_train_batches: Batches per epoch (an int) or fraction of them (a float).
         limit_val_batches: Validation batches (an int) or fraction (a float).
         validation_steps: Trailing steps of every series held out for validation.
+        val_encoder_lengths: History lengths validated per server, spread evenly from
+            ``min_encoder_length`` to ``max_encoder_length`` plus each server's longest (0: every
+            length, one validation window per step of history, which is slow at 288 steps).
         randomize_length: Train on randomly shortened histories so that warm-up forecasts are good.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``cuda``, ...).
         devices: Lightning devices (``auto``, a count, or a list as text).
@@ -63,9 +67,11 @@ class TrainConfig:
     batch_size: int = 64
     max_epochs: int = 30
     patience: int = 4
+    max_time_minutes: float | None = None
     limit_train_batches: int | float = 200
     limit_val_batches: int | float = 1.0
     validation_steps: int = c.HORIZON_STEPS
+    val_encoder_lengths: int = 0
     randomize_length: bool = True
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -101,6 +107,11 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_epochs < 1 or self.patience < 1 or self.validation_steps < 1:
             raise ConfigError("max_epochs, patience and validation_steps must be >= 1")
+        if self.val_encoder_lengths < 0:
+            raise ConfigError(f"val_encoder_lengths: >= 0 is allowed (0: every length), got {self.val_encoder_lengths}")
+        limit = self.max_time_minutes
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
+            raise ConfigError(f"max_time_minutes: a number of minutes > 0, or null for no bound; got {limit!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: allowed [0, 1), got {self.dropout}")
         if self.extra:
@@ -188,6 +199,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patience": 2,
         "num_workers": 1,
     },
-    # The reference model of the evaluation report.
-    "reference": {"num_workers": 1},
+    # The reference model of the evaluation report (`make model`): hidden 32, 24 h of history. About
+    # 2 s per batch of 64 on 2 CPU cores, so the 25-minute bound ends it after ~9 epochs unless
+    # early stopping comes first; validation reads 8 history lengths per server (seconds, not minutes).
+    "reference": {
+        "max_epochs": 15,
+        "limit_train_batches": 75,
+        "patience": 3,
+        "val_encoder_lengths": 8,
+        "max_time_minutes": 25.0,
+        "num_workers": 1,
+    },
 }

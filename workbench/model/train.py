@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as lp
+import numpy as np
 import pandas as pd
 import polars as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from lightning.pytorch.loggers import CSVLogger
 
 from workbench import contract as c
@@ -24,6 +25,7 @@ from workbench.model.bundle import Bundle, library_versions
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.network import network_from_dataset, network_hparams
+from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +72,41 @@ def split_point(model_frame: pd.DataFrame, config: TrainConfig) -> int:
     return cutoff
 
 
+def thin_validation(dataset: Any, config: TrainConfig) -> Any:
+    """Keep ``config.val_encoder_lengths`` history lengths per server's validation window (all when 0).
+
+    pytorch-forecasting makes one validation sample per possible history length of the same
+    decoder window (253 per server at 36..288 steps); a few spread lengths, plus each server's
+    longest, measure the same thing at a fraction of the cost.
+    """
+    if not config.val_encoder_lengths:
+        return dataset
+    grid = np.linspace(config.min_encoder_length, config.max_encoder_length, config.val_encoder_lengths)
+    keep = set(np.unique(grid.round().astype(int)).tolist())
+
+    def wanted(index: pd.DataFrame) -> pd.Series:
+        length = index["time_idx_first_prediction"] - index["time_idx_first"]
+        return length.isin(keep) | (length == length.groupby(index[c.SERVER]).transform("max"))
+
+    return dataset.filter(wanted)
+
+
 def train(
-    frame: pl.DataFrame, config: TrainConfig, *, progress: bool = True, log_dir: str | Path | None = None
+    frame: pl.DataFrame,
+    config: TrainConfig,
+    *,
+    holdout: Holdout | None = None,
+    progress: bool = True,
+    log_dir: str | Path | None = None,
 ) -> Bundle:
     """Train a TFT on a validated contract frame.
 
     Args:
         frame: Contract frame (see :func:`workbench.contract.validate`); its last
-            ``config.validation_steps`` steps are held out for early stopping.
+            ``config.validation_steps`` steps (of the training part) are held out for early stopping.
         config: The training settings.
+        holdout: Test period and servers to leave out (see :mod:`workbench.splits`): training sees
+            only the other servers before the test period, and ``training.json`` records it.
         progress: Show Lightning's progress bar.
         log_dir: Where Lightning writes CSV logs (none when ``None``).
 
@@ -87,17 +115,21 @@ def train(
     """
     started = time.perf_counter()
     lp.seed_everything(config.seed, workers=True, verbose=False)
+    given = frame
+    if holdout is not None:
+        frame = split_frame(frame, holdout)[0]
     model_frame = to_model_frame(frame, config.targets)
     cutoff = split_point(model_frame, config)
     spec = DatasetSpec.fit(model_frame[model_frame[TIME_IDX] <= cutoff], config)
     train_ds = spec.build(model_frame[model_frame[TIME_IDX] <= cutoff], train=True)
-    val_ds = spec.build(model_frame, min_prediction_idx=cutoff + 1)
+    val_ds = thin_validation(spec.build(model_frame, min_prediction_idx=cutoff + 1), config)
     with warnings.catch_warnings():  # pytorch-forecasting stores its loss modules as hparams on purpose
         warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
         network = network_from_dataset(train_ds, config)
     best = BestWeights()
     trainer = lp.Trainer(
         max_epochs=config.max_epochs,
+        max_time=None if config.max_time_minutes is None else timedelta(minutes=config.max_time_minutes),
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
@@ -126,8 +158,22 @@ def train(
         network.load_state_dict(best.state)
     network = network.to("cpu").eval()
     info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
+    if holdout is not None:
+        info[HOLDOUT_KEY] = holdout.to_json()
+        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
     log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
     return Bundle(network=network, spec=spec, config=config, hparams=network_hparams(network), training=info)
+
+
+def stop_reason(trainer: lp.Trainer) -> str:
+    """Say why a finished fit stopped: ``early_stopping``, ``max_time`` or ``max_epochs``."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+            return "early_stopping"
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, Timer) and (callback.time_remaining() or 0.0) <= 0:
+            return "max_time"
+    return "max_epochs"
 
 
 def _training_record(
@@ -143,6 +189,7 @@ def _training_record(
         "servers": frame[c.SERVER].n_unique(),
         "rows": frame.height,
         "epochs": trainer.current_epoch,
+        "stopped_by": stop_reason(trainer),
         "best_epoch": best.best_epoch,
         "best_val_loss": best.best_loss,
         "val_loss_history": best.history,
