@@ -5,11 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= data/demo
 DEMO_MODEL ?= models/demo
+REF_DATA ?= data/reference
+REF_MODEL ?= models/reference
 
-.PHONY: help install lint format test test-fast demo demo-model clean
+.PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model report clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +23,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the package with its dev tools
 
+# The dashboard's end-to-end test drives Debian's chromium (Playwright never downloads a browser).
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+browser:  ## install Debian's chromium for the dashboard's browser test (when missing)
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium)
+
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -30,7 +38,7 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint  ## lint, then the whole test suite (slow end-to-end tests included)
+test: lint browser  ## lint, then the whole test suite (slow end-to-end tests included)
 	$(VENV)/bin/pytest
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
@@ -39,12 +47,31 @@ test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 $(DEMO_DIR)/metrics:
 	$(VENV)/bin/workbench generate --servers 12 --days 4 --seed 7 --out $(DEMO_DIR) --overwrite
 
-demo: $(STAMP) $(DEMO_DIR)/metrics  ## simulate a small fleet and print the committed demo model's forecast
+demo: $(STAMP)  ## the live demo: daemon, stream and dashboard (http://127.0.0.1:8866/); Ctrl-C stops all
+	test -f $(DEMO_MODEL)/model.safetensors || $(MAKE) demo-model
+	$(VENV)/bin/workbench demo --bundle $(DEMO_MODEL)
+
+demo-forecast: $(STAMP) $(DEMO_DIR)/metrics  ## simulate a small fleet and print the demo model's forecast table
 	test -f $(DEMO_MODEL)/model.safetensors || $(MAKE) demo-model
 	$(VENV)/bin/workbench forecast --bundle $(DEMO_MODEL) --data $(DEMO_DIR) --head 24
 
 demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model (a few minutes on 2 cores)
 	$(VENV)/bin/workbench train --data $(DEMO_DIR) --out $(DEMO_MODEL) --preset demo
+
+# The evaluated model: 48 servers x 21 days; the last 3 days and a fifth of the servers are held out.
+$(REF_DATA)/metrics:
+	$(VENV)/bin/workbench generate --servers 48 --days 21 --seed 11 --out $(REF_DATA) --overwrite
+
+model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split (<= 30 min on 2 cores)
+	$(VENV)/bin/workbench train --data $(REF_DATA) --preset reference --holdout-days 3 --holdout-servers 0.2 \
+		--out $(REF_MODEL)
+
+$(REF_MODEL)/model.safetensors: | $(STAMP) $(REF_DATA)/metrics
+	$(MAKE) model
+
+report: $(STAMP) $(REF_DATA)/metrics $(REF_MODEL)/model.safetensors  ## evaluate the reference model into reports/
+	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_DATA)
+	$(VENV)/bin/workbench report 04_warmup_study -p bundle $(REF_MODEL) -p data $(REF_DATA)
 
 clean:  ## remove the virtual environment and generated data (keeps the committed demo model)
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -14,7 +14,10 @@ import click
 import yaml
 
 from workbench import contract as c
+from workbench.dashboard.launch import dashboard_command
+from workbench.demo import demo_command
 from workbench.errors import WorkbenchError
+from workbench.reporting.cli import report as report_command
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
 _PATH = click.Path(path_type=Path)
@@ -113,6 +116,8 @@ def generate(
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="One setting, e.g. --set max_epochs=5 (repeatable)."
 )
+@click.option("--holdout-days", type=click.FloatRange(min=0, min_open=True), help="Leave out the last days for tests.")
+@click.option("--holdout-servers", metavar="F", help="Leave out servers: a fraction in (0, 1) or a count (seeded).")
 @click.option("--log-dir", type=_PATH, help="Write Lightning CSV logs here.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the training progress bar.")
 def train(
@@ -122,12 +127,16 @@ def train(
     config_file: Path | None,
     targets: str | None,
     overrides: tuple[str, ...],
+    holdout_days: float | None,
+    holdout_servers: str | None,
     log_dir: Path | None,
     progress: bool,
 ) -> None:
     """Train a multi-target TFT on DATA and save it as a safetensors + JSON bundle in OUT.
 
-    The last 8 hours of every server are held out for early stopping. Settings are listed in
+    The last 8 hours of every server are held out for early stopping. With --holdout-days and
+    --holdout-servers, a test period and a profile-stratified set of test servers are left out
+    and recorded in OUT/training.json for the evaluation. Settings are listed in
     ``workbench.model.TrainConfig``; any of them can be given with --set or in --config.
     """
     from workbench.data import read_frame
@@ -140,13 +149,23 @@ def train(
     settings.update(_parse_overrides(overrides))
     config = TrainConfig.preset(preset, **settings)
     frame = read_frame(data)
-    bundle = fit(frame, config, progress=progress, log_dir=log_dir)
+    holdout = None
+    if holdout_days is not None or holdout_servers is not None:
+        from workbench.splits import make_holdout, parse_test_servers
+
+        if holdout_days is None or holdout_servers is None:
+            raise click.UsageError("--holdout-days and --holdout-servers go together")
+        share = parse_test_servers(holdout_servers)
+        holdout = make_holdout(frame, test_days=holdout_days, test_servers=share, seed=config.seed)
+    bundle = fit(frame, config, holdout=holdout, progress=progress, log_dir=log_dir)
     path = save_bundle(bundle, out)
     t = bundle.training
     click.echo(
         f"saved bundle to {path}: {t['epochs']} epochs, best val_loss {t['best_val_loss']:.4f}, "
-        f"{t['servers']} servers, {t['seconds']:.0f} s on {t['device']}"
+        f"{t['servers']} servers, {t['seconds']:.0f} s on {t['device']}, stopped by {t['stopped_by']}"
     )
+    if holdout is not None:
+        click.echo(f"held out {len(holdout.test_servers)} servers and everything from {holdout.test_start.isoformat()}")
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -331,6 +350,14 @@ def serve(
 @click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True)
 @click.option("--api-key-env", metavar="VAR", help="Environment variable holding the X-API-Key to send (and require).")
 @click.option("--steps", type=click.IntRange(min=1), help="Stop streaming after this many steps (default: never).")
+@click.option(
+    "--history",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    show_default=True,
+    metavar="STEPS",
+    help="First send this many steps at once (in batches), so the daemon's warm-up takes seconds.",
+)
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 def stream(
     target: str,
@@ -342,6 +369,7 @@ def stream(
     port: int,
     api_key_env: str | None,
     steps: int | None,
+    history: int,
     log_level: str,
 ) -> None:
     """Run the generator daemon: stream a simulated fleet to TARGET's /feed/data.
@@ -365,10 +393,15 @@ def stream(
         port=port,
         api_key=api_key_from_env(api_key_env),
         steps=steps,
+        history=history,
         log_level=log_level,
     )
     run_app(create_generator_app(settings), host=host, port=port, log_level=log_level)
 
+
+main.add_command(dashboard_command)
+main.add_command(demo_command)
+main.add_command(report_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -59,6 +59,28 @@ class StateError(WorkbenchError):
     """The daemon's state folder is unusable: another contract or bundle, damage, or in use."""
 
 
+class ServiceError(WorkbenchError):
+    """A supervised service failed to start or died; the message names it and ends with its log's tail."""
+
+
+class DaemonError(WorkbenchError):
+    """A daemon answered a request with an error status; the message names the URL and its answer.
+
+    Attributes:
+        url: The URL requested.
+        status: The HTTP status (``None`` when no answer came).
+    """
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class DaemonUnreachable(DaemonError):
+    """A daemon did not answer at all (connection refused, timeout); the message names the URL."""
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,9 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI
 
 from workbench import contract as c
@@ -158,6 +160,32 @@ class InferenceDaemon:
             self.state_dir.close()
             self.state_dir = None
 
+    def history(self, server: str, steps: int) -> dict[str, Any] | None:
+        """Return the ``GET /history/{server}`` document, or ``None`` for an unknown server.
+
+        The last ``steps`` steps (fewer when the server has less history) of every metric the
+        windows hold, read under the ingest lock (a copy of one server's row), with gaps
+        carried forward as the model reads them; a metric without any value is ``null``.
+        """
+        with self.ingestor.lock:
+            store = self.ingestor.store
+            if server not in store.servers:
+                return None
+            windows = store.windows([server], min(steps, store.capacity))
+        length, last = int(windows.lengths[0]), int(windows.last_step[0])
+        values = windows.values[0, :length]
+        first = last - length + 1
+        return {
+            "server": server,
+            "profile": windows.profiles[0],
+            "timestamps": [_iso((first + k) * c.STEP_SECONDS) for k in range(length)],
+            "metrics": {
+                metric: [None if np.isnan(v) else round(float(v), 4) for v in values[:, j]]
+                for j, metric in enumerate(store.metrics)
+            },
+            "forecast_start": _iso((last + 1) * c.STEP_SECONDS),
+        }
+
     def status(self) -> dict[str, Any]:
         """Return the ``GET /status`` document (a short lock to read the live warm-up)."""
         warmup = self.predictor.warmup()
@@ -189,3 +217,7 @@ class InferenceDaemon:
             "websocket_clients": self.hub.subscribers,
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+def _iso(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat()

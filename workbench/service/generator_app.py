@@ -6,6 +6,10 @@ A background thread takes one step of the whole fleet from a
 (connection errors, 408, 429 and 5xx), so nothing is skipped while the target restarts; a step
 the target refuses as invalid (another 4xx) is logged and not retried. ``POST /scenario/set``
 switches the scenario from the next step on.
+
+With ``history`` steps set, the first ``history`` steps of the stream are sent at once, in
+batches of at most ``history_batch_records`` records, before the paced streaming starts: the
+target's windows fill in seconds instead of after ``history`` ticks (the live demo's warm-up).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Generator:
         self.records_sent = 0
         self.steps_refused = 0
         self.retries = 0
+        self.history_sent = 0
         self.last_error: str | None = None
         self.last_response: dict[str, Any] | None = None
         self._stop = threading.Event()
@@ -84,6 +89,7 @@ class Generator:
         if self.settings.api_key:
             headers[API_KEY_HEADER] = self.settings.api_key
         with httpx.Client(timeout=self.settings.timeout, headers=headers, transport=self.transport) as client:
+            self._send_history(client)
             due = time.monotonic()
             while not self._stop.is_set() and not self._done():
                 with self.lock:
@@ -92,12 +98,30 @@ class Generator:
                 due += self.settings.tick
                 self._stop.wait(max(0.0, due - time.monotonic()))
 
-    def _done(self) -> bool:
-        steps = self.settings.steps
-        return steps is not None and self.steps_sent + self.steps_refused >= steps
+    def _send_history(self, client: httpx.Client) -> None:
+        """Send the first ``settings.history`` steps at once, several steps per POST, oldest first."""
+        per_post = max(1, self.settings.history_batch_records // self.settings.servers)
+        left = self.settings.history
+        while left > 0 and not self._stop.is_set():
+            count = min(per_post, left)
+            with self.lock:
+                frame = pl.concat([next(self.stream) for _ in range(count)])
+            if self._deliver(client, encode_step(frame), frame.height, steps=count):
+                self.history_sent += count
+            left -= count
+        if self.settings.history:
+            log.info("history sent: %d of %d steps", self.history_sent, self.settings.history)
 
-    def _deliver(self, client: httpx.Client, body: bytes, records: int) -> None:
-        """POST one step, retrying with exponential backoff until accepted, refused or stopped."""
+    def _done(self) -> bool:
+        steps = self.settings.steps  # live steps, after the history
+        return steps is not None and self.stream.steps >= self.settings.history + steps
+
+    def _deliver(self, client: httpx.Client, body: bytes, records: int, *, steps: int = 1) -> bool:
+        """POST ``steps`` steps, retrying with exponential backoff until accepted, refused or stopped.
+
+        Returns:
+            Whether the target accepted them.
+        """
         delay = min(0.25, self.settings.max_backoff)
         while not self._stop.is_set():
             try:
@@ -106,20 +130,21 @@ class Generator:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 300:
-                    self.steps_sent += 1
+                    self.steps_sent += steps
                     self.records_sent += records
                     self.last_response = _json_or_text(response)
                     self.last_error = None
-                    return
+                    return True
                 self.last_error = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code < 500 and response.status_code not in RETRY_STATUSES:
-                    self.steps_refused += 1
+                    self.steps_refused += steps
                     log.error("step refused by %s, not retried: %s", self.settings.feed_url, self.last_error)
-                    return
+                    return False
             self.retries += 1
             log.warning("step not delivered (%s); retrying in %.2f s", self.last_error, delay)
             self._stop.wait(delay)
             delay = min(2 * delay, self.settings.max_backoff)
+        return False
 
     def set_scenario(self, name: str) -> dict[str, Any]:
         """Switch the scenario from the next step on and return the ``POST /scenario/set`` answer.
@@ -151,6 +176,8 @@ class Generator:
             "records_sent": self.records_sent,
             "steps_refused": self.steps_refused,
             "retries": self.retries,
+            "history_steps": self.settings.history,
+            "history_sent": self.history_sent,
             "last_error": self.last_error,
             "target": self.settings.feed_url,
             "tick_seconds": self.settings.tick,

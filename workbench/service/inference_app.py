@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from workbench import contract as c
 from workbench.errors import StateError
 from workbench.model.bundle import Bundle, load_bundle
 from workbench.service import schemas as s
@@ -153,6 +154,26 @@ def _read_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
     async def alerts_active() -> Response:
         """Return the active predictive alerts of the latest forecast, most urgent first."""
         return Response(predictor.latest.alerts_body, media_type=JSON)
+
+    @app.get(
+        "/history/{server}",
+        response_model=s.HistoryResponse,
+        responses={404: {"model": s.ErrorResponse, "description": "the daemon holds no such server"}},
+        tags=["read"],
+    )
+    async def history(
+        server: str,
+        steps: Annotated[int, Query(ge=1, le=c.MAX_ENCODER_STEPS, description="steps of history")] = c.HORIZON_STEPS,
+    ) -> Response:
+        """Return the last ``steps`` steps of one server's metrics, as the model reads them.
+
+        Fewer steps come back when the server has less history; ``forecast_start`` is where its
+        next forecast begins.
+        """
+        doc = await anyio.to_thread.run_sync(daemon.history, server, steps)
+        if doc is None:
+            return _error(404, f"unknown server {server!r}: the daemon holds no data for it")
+        return JSONResponse(doc)
 
     @app.get("/health", response_model=s.HealthResponse, tags=["read"])
     async def health() -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 On either signal uvicorn stops accepting connections, lets requests in flight finish (up to
 :data:`GRACE_SECONDS`) and then runs the app's lifespan shutdown, where the inference daemon
-takes its final snapshot.
+takes its final snapshot. A stop asked for by a signal is a clean exit (status 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -34,4 +36,24 @@ def run_app(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
         timeout_graceful_shutdown=GRACE_SECONDS,
         ws_max_size=1 << 20,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that does not re-raise the signal it stopped on.
+
+    uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown so that the default handler
+    ends the process; that turns a requested, clean stop into ``KeyboardInterrupt`` (status 1)
+    or death by signal. Here the shutdown has already happened, so ``run`` simply returns.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install uvicorn's handlers; forget the signals caught once the server has stopped."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()

@@ -187,6 +187,18 @@ class AlertsResponse(BaseModel):
     alerts: list[AlertModel]
 
 
+class HistoryResponse(BaseModel):
+    """``GET /history/{server}``: the recent history the daemon holds for one server."""
+
+    server: str
+    profile: str
+    timestamps: list[str] = Field(description="UTC step times, oldest first (ISO 8601)")
+    metrics: dict[str, list[float | None]] = Field(
+        description="one value per timestamp for each metric held; gaps carried forward, null when never seen"
+    )
+    forecast_start: str = Field(description="UTC time of the first forecast step (one step after the last)")
+
+
 class HealthResponse(BaseModel):
     """``GET /health``."""
 

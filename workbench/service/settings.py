@@ -164,7 +164,9 @@ class GeneratorSettings:
         api_key: Key sent as ``X-API-Key`` to the target, and required by ``POST /scenario/set``.
         timeout: Seconds to wait for one POST.
         max_backoff: Longest pause between retries of one step.
-        steps: Stop after this many steps (``None``: run until stopped).
+        steps: Stop after this many live steps, not counting the history (``None``: run until stopped).
+        history: Steps sent at once before the paced streaming starts (0: none).
+        history_batch_records: Most records in one history POST (keep under the target's limit).
         log_level: Uvicorn and workbench log level.
     """
 
@@ -179,6 +181,8 @@ class GeneratorSettings:
     timeout: float = 10.0
     max_backoff: float = 10.0
     steps: int | None = None
+    history: int = 0
+    history_batch_records: int = 5_000
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -195,6 +199,8 @@ class GeneratorSettings:
             problems.append(f"scenario={self.scenario!r}; allowed: {', '.join(SCENARIO_NAMES)}")
         if self.steps is not None:
             problems += _integer("steps", self.steps, 1)
+        problems += _integer("history", self.history, 0, 100_000)
+        problems += _integer("history_batch_records", self.history_batch_records, 1)
         _raise("generator daemon", problems)
 
     @property

@@ -1,0 +1,79 @@
+"""The environment panel: fleet incident probabilities, high-risk servers, health and warm-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as w
+import traitlets as t
+
+from workbench.dashboard import defaults as d
+from workbench.dashboard.documents import percent
+
+
+class EnvironmentPanel(w.VBox):
+    """Fleet-wide figures as text and two bars (0-100 %), and a warm-up bar while servers warm up.
+
+    Attributes:
+        environment: The ``environment`` object of ``GET /predictions/current``.
+        warmup: The ``warmup`` object of ``GET /status`` (empty: unknown).
+    """
+
+    environment = t.Dict()
+    warmup = t.Dict()
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.p30m = w.HTML()
+        self.p30m.add_class("wb-env-p30m")
+        self.p8h = w.HTML()
+        self.p8h.add_class("wb-env-p8h")
+        self.high_risk = w.HTML()
+        self.health = w.HTML()
+        self.gauges = [w.FloatProgress(min=0.0, max=100.0, description=lead) for lead in ("30 min", "8 h")]
+        self.warmup_label = w.HTML()
+        self.warmup_bar = w.FloatProgress(min=0.0, max=100.0, value=0.0, bar_style="info")
+        self._warmup_box = w.VBox([self.warmup_label, self.warmup_bar], layout=w.Layout(display="none"))
+        figures = w.VBox([self.p30m, self.p8h, self.high_risk, self.health])
+        super().__init__([w.HTML("<b>Environment</b>"), figures, w.VBox(self.gauges), self._warmup_box], **kwargs)
+        self.add_class("wb-environment")
+        self.observe(self._on_change, ["environment", "warmup"])
+        self._on_change()
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the warm-up bar is shown."""
+        return self._warmup_box.layout.display != "none"
+
+    def _on_change(self, _change: dict[str, Any] | None = None) -> None:
+        env = self.environment
+        p30, p8 = env.get("incident_probability_30m"), env.get("incident_probability_8h")
+        self.p30m.value = f"Incident probability (30 min): <b>{percent(p30)}</b>"
+        self.p8h.value = f"Incident probability (8 h): <b>{percent(p8)}</b>"
+        total = env.get("total_servers")
+        self.high_risk.value = f"High-risk servers: <b>{env.get('high_risk_servers', '–')}</b> of {total or 0}"
+        health = str(env.get("fleet_health", "unknown"))
+        colour = d.HEALTH_COLOURS.get(health, d.GREY)
+        self.health.value = f'Fleet health: <b style="color:{colour}">{health}</b>'
+        self._draw_gauges()
+        self._show_warmup(self.warmup)
+
+    def _draw_gauges(self) -> None:
+        env = self.environment
+        values = (env.get("incident_probability_30m"), env.get("incident_probability_8h"))
+        for gauge, p in zip(self.gauges, values, strict=True):
+            gauge.value = 100 * (p or 0.0)
+            high, elevated = gauge.value >= d.PROBABILITY_HIGH_PCT, gauge.value >= d.PROBABILITY_ELEVATED_PCT
+            gauge.bar_style = "danger" if high else ("warning" if elevated else "success")
+
+    def _show_warmup(self, warmup: dict[str, Any]) -> None:
+        if not warmup or warmup.get("is_warmed_up") or not warmup.get("total_servers"):
+            self._warmup_box.layout.display = "none"
+            return
+        ready, total = warmup.get("ready_servers", 0), warmup["total_servers"]
+        progress = float(warmup.get("progress_percent", 0.0))
+        needed = warmup.get("threshold")
+        self.warmup_label.value = (
+            f"Warming up: <b>{ready}/{total}</b> servers ready ({progress:.0f} %; each needs {needed} steps)"
+        )
+        self.warmup_bar.value = progress
+        self._warmup_box.layout.display = "flex"
