@@ -7,6 +7,7 @@ DEMO_DIR ?= data/demo
 DEMO_MODEL ?= models/demo
 REF_DATA ?= data/reference
 REF_MODEL ?= models/reference
+REF_CRITICAL ?= data/reference-critical
 
 .PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model report clean
 
@@ -69,8 +70,13 @@ model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out 
 $(REF_MODEL)/model.safetensors: | $(STAMP) $(REF_DATA)/metrics
 	$(MAKE) model
 
-report: $(STAMP) $(REF_DATA)/metrics $(REF_MODEL)/model.safetensors  ## evaluate the reference model into reports/
+# Early warning needs incidents to count: a separately simulated, never-seen fleet under the critical scenario.
+$(REF_CRITICAL)/metrics:
+	$(VENV)/bin/workbench generate --servers 30 --days 4 --seed 12 --scenario critical --out $(REF_CRITICAL) --overwrite
+
+report: $(STAMP) $(REF_DATA)/metrics $(REF_CRITICAL)/metrics $(REF_MODEL)/model.safetensors  ## evaluate the reference model into reports/
 	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_DATA)
+	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_CRITICAL) -p split fleet -p test_days 2
 	$(VENV)/bin/workbench report 04_warmup_study -p bundle $(REF_MODEL) -p data $(REF_DATA)
 
 clean:  ## remove the virtual environment and generated data (keeps the committed demo model)

@@ -6,7 +6,7 @@ import pytest
 from workbench import contract as c
 from workbench.errors import BundleError, ConfigError
 from workbench.simulator import generate
-from workbench.splits import Holdout, holdout_from_bundle, make_holdout, split_frame
+from workbench.splits import Holdout, holdout_from_bundle, make_holdout, split_frame, whole_fleet_holdout
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,16 @@ def test_test_period_is_the_last_days_on_the_step_grid(fleet):
     odd = make_holdout(fleet, test_days=0.5001, test_servers=2, seed=0)
     assert int(odd.test_start.timestamp()) % c.STEP_SECONDS == 0
     assert odd.test_start == last + timedelta(seconds=c.STEP_SECONDS) - timedelta(hours=12)
+
+
+def test_whole_fleet_holdout_tests_every_server(fleet):
+    holdout = whole_fleet_holdout(fleet, test_days=1)
+    assert set(holdout.test_servers) == set(fleet[c.SERVER].unique().to_list())
+    assert holdout.test_start == make_holdout(fleet, test_days=1, test_servers=1, seed=0).test_start
+    with pytest.raises(ConfigError, match="no training rows"):
+        split_frame(fleet, holdout)  # nothing of this fleet may train a model
+    with pytest.raises(ConfigError, match="no rows"):
+        whole_fleet_holdout(fleet.clear(), test_days=1)
 
 
 def test_split_is_disjoint_and_train_ends_before_the_test_period(fleet):

@@ -115,6 +115,22 @@ def make_holdout(frame: pl.DataFrame, *, test_days: float, test_servers: float |
     return Holdout(test_start=start, test_servers=_stratified(groups, count, np.random.default_rng(seed)))
 
 
+def whole_fleet_holdout(frame: pl.DataFrame, *, test_days: float) -> Holdout:
+    """Hold out every server over the last ``test_days``: for a fleet the model never trained on.
+
+    Used to score early warning on a separately simulated fleet (e.g. the ``critical``
+    scenario, where incidents are frequent enough to count), whose servers and times are all
+    unseen by the model.
+
+    Raises:
+        ConfigError: when the frame is empty or ``test_days`` is out of range for it.
+    """
+    if frame.height == 0:
+        raise ConfigError("whole_fleet_holdout: the frame has no rows")
+    servers = tuple(sorted(frame[c.SERVER].unique().to_list()))
+    return Holdout(test_start=_test_start(frame, test_days), test_servers=servers)
+
+
 def split_frame(frame: pl.DataFrame, holdout: Holdout) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a contract frame into what training may see and what the evaluation uses.
 

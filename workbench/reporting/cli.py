@@ -9,7 +9,7 @@ import click
 _PATH = click.Path(path_type=Path)
 
 
-@click.command("report")
+@click.command("report", short_help="Run a notebook through papermill into reports/ (HTML + metrics.json).")
 @click.argument("name")
 @click.option(
     "-p",

@@ -1,0 +1,142 @@
+"""The daemons' commands: ``workbench serve`` (inference) and ``workbench stream`` (generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from workbench.simulator.scenarios import SCENARIO_NAMES
+
+_PATH = click.Path(path_type=Path)
+_LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
+
+
+@click.command()
+@click.option("--bundle", type=_PATH, required=True, help="Bundle folder written by `workbench train`.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key-env", metavar="VAR", help="Environment variable holding the X-API-Key that writes need.")
+@click.option(
+    "--state-dir",
+    type=_PATH,
+    default=Path("state"),
+    show_default=True,
+    help="Append log and window snapshots: accepted records survive a crash and a restart needs no warm-up.",
+)
+@click.option("--no-state", is_flag=True, help="Keep nothing on disk (a restart starts from empty windows).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--interval", type=click.FloatRange(min=0.01), help="Seconds between forecasts (default: once per step).")
+@click.option("--snapshot-every", type=click.FloatRange(min=0.5), default=60.0, show_default=True, help="Seconds.")
+@click.option("--fsync/--no-fsync", default=True, show_default=True, help="fsync the log before acknowledging.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True)
+@click.option("--max-records", type=click.IntRange(min=1), default=20_000, show_default=True, help="Per request.")
+@click.option("--thresholds", type=_PATH, help="YAML file of alert thresholds (default: the built-in table).")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads for forecasts (default: half the cores).")
+@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
+def serve(
+    bundle: Path,
+    host: str,
+    port: int,
+    api_key_env: str | None,
+    state_dir: Path,
+    no_state: bool,
+    device: str,
+    interval: float | None,
+    snapshot_every: float,
+    fsync: bool,
+    max_body_mb: float,
+    max_records: int,
+    thresholds: Path | None,
+    threads: int | None,
+    log_level: str,
+) -> None:
+    """Run the inference daemon: POST /feed/data in, forecasts, alerts and risk out.
+
+    \b
+    Endpoints: POST /feed/data, GET /predictions/current, GET /alerts/active, GET /health,
+    GET /status, WS /ws/predictions, GET /metrics (Prometheus); the API at /docs and
+    /openapi.json. Stop with Ctrl-C or SIGTERM (a final snapshot is written).
+    """  # noqa: D301 (click's no-rewrap marker is a real backspace)
+    from workbench.service.inference_app import create_app
+    from workbench.service.runner import run_app
+    from workbench.service.settings import InferenceSettings, MiB, api_key_from_env, configure_threads
+
+    settings = InferenceSettings(
+        bundle=bundle,
+        host=host,
+        port=port,
+        api_key=api_key_from_env(api_key_env),
+        state_dir=None if no_state else state_dir,
+        device=None if device == "auto" else device,
+        interval=interval,
+        snapshot_seconds=snapshot_every,
+        fsync=fsync,
+        max_body_bytes=int(max_body_mb * MiB),
+        max_records=max_records,
+        thresholds=thresholds,
+        threads=threads,
+        log_level=log_level,
+    )
+    configure_threads(settings.threads)
+    app = create_app(settings)
+    run_app(app, host=host, port=port, log_level=log_level)
+
+
+@click.command()
+@click.option("--target", default="http://127.0.0.1:8000", show_default=True, help="Inference daemon base URL.")
+@click.option("--servers", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Fleet size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same fleet and data.")
+@click.option("--tick", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds per 5-min step.")
+@click.option("--scenario", type=click.Choice(SCENARIO_NAMES), default="healthy", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the scenario API.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True)
+@click.option("--api-key-env", metavar="VAR", help="Environment variable holding the X-API-Key to send (and require).")
+@click.option("--steps", type=click.IntRange(min=1), help="Stop streaming after this many steps (default: never).")
+@click.option(
+    "--history",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    show_default=True,
+    metavar="STEPS",
+    help="First send this many steps at once (in batches), so the daemon's warm-up takes seconds.",
+)
+@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
+def stream(
+    target: str,
+    servers: int,
+    seed: int,
+    tick: float,
+    scenario: str,
+    host: str,
+    port: int,
+    api_key_env: str | None,
+    steps: int | None,
+    history: int,
+    log_level: str,
+) -> None:
+    """Run the generator daemon: stream a simulated fleet to TARGET's /feed/data.
+
+    \b
+    One 5-minute step of every server per TICK seconds; a step is retried with backoff until
+    the target accepts it. Scenario control: POST /scenario/set {"scenario": "degrading"},
+    GET /scenario/status.
+    """  # noqa: D301 (click's no-rewrap marker is a real backspace)
+    from workbench.service.generator_app import create_generator_app
+    from workbench.service.runner import run_app
+    from workbench.service.settings import GeneratorSettings, api_key_from_env
+
+    settings = GeneratorSettings(
+        target=target,
+        servers=servers,
+        seed=seed,
+        tick=tick,
+        scenario=scenario,
+        host=host,
+        port=port,
+        api_key=api_key_from_env(api_key_env),
+        steps=steps,
+        history=history,
+        log_level=log_level,
+    )
+    run_app(create_generator_app(settings), host=host, port=port, log_level=log_level)
