@@ -59,12 +59,14 @@ def critical_fleet_dir(tmp_path_factory) -> Path:
     return write_parquet(sim.metrics, tmp_path_factory.mktemp("critical"), incidents=sim.incidents)
 
 
-def test_evaluate_notebook_publishes_every_figure(tmp_path, tiny_bundle_dir, critical_fleet_dir):
+@pytest.mark.parametrize("split", ["bundle", "fleet"])
+def test_evaluate_notebook_publishes_every_figure(tmp_path, tiny_bundle_dir, critical_fleet_dir, split):
     metrics = run(
         "03_evaluate",
         tmp_path,
         bundle=str(tiny_bundle_dir),
         data=str(critical_fleet_dir),
+        split=split,
         out_dir="tables",
         test_days=0.6,
         test_servers=3,
