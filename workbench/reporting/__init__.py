@@ -1,10 +1,32 @@
-"""Rerunnable reports: notebooks executed by papermill into ``reports/``, with an index of every run."""
+"""Rerunnable reports: notebooks executed by papermill into ``reports/``, with an index of every run.
 
-from workbench.reporting.index import read_runs, write_index
-from workbench.reporting.notebooks import Parameter, declared_parameters, find_notebook, parse_parameters
-from workbench.reporting.runner import ReportRun, export_html, run_report
-from workbench.reports import write_metrics
+The functions are imported on first use, so that the command line (which imports
+:mod:`workbench.reporting.cli`) does not load papermill and nbconvert before it needs them.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.reporting.index import read_runs, write_index
+    from workbench.reporting.notebooks import Parameter, declared_parameters, find_notebook, parse_parameters
+    from workbench.reporting.runner import ReportRun, export_html, run_report
+    from workbench.reports import write_metrics
+
+_WHERE = {
+    "Parameter": "workbench.reporting.notebooks",
+    "ReportRun": "workbench.reporting.runner",
+    "declared_parameters": "workbench.reporting.notebooks",
+    "export_html": "workbench.reporting.runner",
+    "find_notebook": "workbench.reporting.notebooks",
+    "parse_parameters": "workbench.reporting.notebooks",
+    "read_runs": "workbench.reporting.index",
+    "run_report": "workbench.reporting.runner",
+    "write_index": "workbench.reporting.index",
+    "write_metrics": "workbench.reports",
+}
 __all__ = [
     "Parameter",
     "ReportRun",
@@ -17,3 +39,10 @@ __all__ = [
     "write_index",
     "write_metrics",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
