@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -88,9 +87,9 @@ class Alert:
             "probability": round(self.probability, 4),
             "profile": self.profile,
             "status": self.status,
-            "origin": _iso(self.origin_step),
-            "expected_at": _iso(self.first_step),
-            "since": _iso(self.since_step if self.since_step is not None else self.origin_step),
+            "origin": c.step_time(self.origin_step).isoformat(),
+            "expected_at": c.step_time(self.first_step).isoformat(),
+            "since": c.step_time(self.origin_step if self.since_step is None else self.since_step).isoformat(),
         }
 
 
@@ -197,10 +196,6 @@ def _build(forecast: Forecast, scan: _Scan, picks: Sequence[_Pick]) -> list[Aler
 
 def _ordered(alerts: list[Alert]) -> list[Alert]:
     return sorted(alerts, key=lambda a: (-a.rank, a.minutes_ahead, -a.probability, a.server, a.metric))
-
-
-def _iso(step: int) -> str:
-    return datetime.fromtimestamp(step * c.STEP_SECONDS, UTC).isoformat()
 
 
 def predictive_alerts(forecast: Forecast, thresholds: Thresholds) -> list[Alert]:

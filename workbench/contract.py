@@ -234,6 +234,11 @@ def validate(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(PROFILE).fill_null(profile_expr(pl.col(SERVER)))).select(COLUMNS)
 
 
+def step_time(step: int) -> datetime:
+    """Return the UTC start time of grid step ``step`` (epoch seconds // :data:`STEP_SECONDS`)."""
+    return datetime.fromtimestamp(int(step) * STEP_SECONDS, UTC)
+
+
 def to_grid(frame: pl.DataFrame) -> pl.DataFrame:
     """Bucket a validated frame onto the step grid: one row per server and step.
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from workbench.errors import BundleError, ConfigError, ServiceError
+from workbench.inference.forecast import SOURCE_TFT
 from workbench.service.settings import DEFAULT_HOST, GENERATOR_PORT, INFERENCE_PORT, LOG_LEVELS
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
@@ -167,7 +168,7 @@ def tft_servers(url: str) -> int:
     except (httpx.HTTPError, ValueError):
         return 0
     predictions = doc.get("predictions") or {}
-    return sum(any(m.get("source") == "tft" for m in metrics.values()) for metrics in predictions.values())
+    return sum(any(m.get("source") == SOURCE_TFT for m in metrics.values()) for metrics in predictions.values())
 
 
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = click.echo) -> float | None:

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workbench import contract as c
+from workbench.inference.forecast import SOURCE_TFT, SOURCE_WARMING_UP
 
-SOURCE_TFT = "tft"
-SOURCE_WARMING_UP = "warming_up"
+__all__ = ["SOURCE_TFT", "SOURCE_WARMING_UP"]  # re-exported for the panels
 
 
 def parse_time(text: str) -> datetime:

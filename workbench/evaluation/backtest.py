@@ -35,11 +35,11 @@ from workbench.evaluation.warning import (
     static_alarms,
 )
 from workbench.inference.engine import Engine
-from workbench.inference.forecast import Forecast
+from workbench.inference.forecast import SOURCE_TFT, Forecast
 from workbench.model.bundle import Bundle
 from workbench.thresholds import Thresholds
 
-TFT = "tft"
+TFT = SOURCE_TFT  # the model column of the score tables
 
 
 @dataclass(frozen=True)

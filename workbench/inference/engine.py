@@ -164,12 +164,6 @@ class Engine:
                 run(part)
         return out
 
-    def close(self) -> None:
-        """Stop the worker threads (the engine starts them again when it next predicts)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(

@@ -185,7 +185,7 @@ def _training_record(
         "data_fingerprint": fingerprint(frame),
         "data_start": ts.min().isoformat(),  # type: ignore[union-attr]
         "data_end": ts.max().isoformat(),  # type: ignore[union-attr]
-        "validation_start": datetime.fromtimestamp((cutoff + 1) * c.STEP_SECONDS, UTC).isoformat(),
+        "validation_start": c.step_time(cutoff + 1).isoformat(),
         "servers": frame[c.SERVER].n_unique(),
         "rows": frame.height,
         "epochs": trainer.current_epoch,

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -178,12 +177,12 @@ class InferenceDaemon:
         return {
             "server": server,
             "profile": windows.profiles[0],
-            "timestamps": [_iso((first + k) * c.STEP_SECONDS) for k in range(length)],
+            "timestamps": [c.step_time(first + k).isoformat() for k in range(length)],
             "metrics": {
                 metric: [None if np.isnan(v) else round(float(v), 4) for v in values[:, j]]
                 for j, metric in enumerate(store.metrics)
             },
-            "forecast_start": _iso((last + 1) * c.STEP_SECONDS),
+            "forecast_start": c.step_time(last + 1).isoformat(),
         }
 
     def status(self) -> dict[str, Any]:
@@ -217,7 +216,3 @@ class InferenceDaemon:
             "websocket_clients": self.hub.subscribers,
             "uptime_seconds": round(time.time() - self.started, 1),
         }
-
-
-def _iso(epoch_seconds: int) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat()

@@ -193,7 +193,7 @@ class Predictor:
         env_report = report or risk(empty_forecast(self.engine.spec.targets, self.engine.spec.horizon), self.thresholds)
         origin = None
         if forecast is not None and len(forecast.last_step):
-            origin = datetime.fromtimestamp(int(forecast.last_step.max()) * c.STEP_SECONDS, UTC).isoformat()
+            origin = c.step_time(forecast.last_step.max()).isoformat()
         metadata = {
             **self.metadata,
             "prediction_time": now,
