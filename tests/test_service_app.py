@@ -55,7 +55,7 @@ def feed(client: TestClient, bodies: list[bytes]) -> dict:
     return response.json()
 
 
-def wait_for(predicate, timeout: float = 20.0):
+def wait_for(predicate, timeout: float = 60.0):  # a liveness bound, generous for a loaded CI box
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
