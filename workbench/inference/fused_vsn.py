@@ -10,7 +10,10 @@ prescaler ``e = a·x + b``:
 * the selection weights' GRN reads the concatenated embeddings only through ``fc1`` and the
   residual interpolation, both affine in the ``V`` scalars: ``x·A + d`` and ``x·R + r``.
 
-The static context enters as a per-server term instead of a per-step one. Variables whose
+The static context enters as a per-server term instead of a per-step one. Each chunk of
+servers is evaluated transposed, features along the first axis (``(hidden, rows)``): every
+step, layer norms included, is then a long contiguous vector operation instead of a short
+per-row one. Variables whose
 values depend only on the time step (calendar covariates, the relative time index) are
 evaluated once per distinct row of values and broadcast over the fleet. The collapsed
 parameters are computed in float64 from the stock module's weights; the function is the same,
@@ -45,10 +48,33 @@ def applies(vsn: VariableSelectionNetwork) -> bool:
     if len(names) < 2 or set(vsn.prescalers) != set(names) or not hasattr(vsn, "flattened_grn"):
         return False
     grns = [vsn.single_variable_grns[n] for n in names]
-    if not all(isinstance(g, GatedResidualNetwork) and g.context_size is None for g in grns):
+    if not all(isinstance(g, GatedResidualNetwork) and g.context_size is None and is_unit_elu(g.elu) for g in grns):
         return False
     flat = vsn.flattened_grn
-    return hasattr(flat, "resample_norm") and not flat.gate_norm.add_norm.trainable_add
+    return hasattr(flat, "resample_norm") and not flat.gate_norm.add_norm.trainable_add and is_unit_elu(flat.elu)
+
+
+def elu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.elu`` with ``alpha=1``, computed as ``max(x, exp(min(x, 0)) - 1)``.
+
+    For ``x > 0`` the second term is 0 and for ``x <= 0`` it is ``exp(x) - 1 >= x``, so this is the
+    same function; on AVX2 CPUs it is faster than the stock kernel, and it differs from it by
+    float rounding only (at most a few 1e-8).
+
+    Args:
+        x: Any float tensor (left unchanged).
+        out: Where to write the result (default: a new tensor of ``x``'s shape).
+
+    Returns:
+        ``out`` or the new tensor.
+    """
+    negative = x.clamp(max=0).exp_().sub_(1)
+    return torch.maximum(x, negative, out=negative if out is None else out)
+
+
+def is_unit_elu(module: Any) -> bool:
+    """Whether ``module`` is an ``nn.ELU`` with ``alpha=1`` (what :func:`elu` computes)."""
+    return isinstance(module, nn.ELU) and module.alpha == 1.0
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
@@ -77,10 +103,11 @@ class _Variable(nn.Module):
         wg, cg = _f64(grn.gate_norm.glu.fc.weight), _f64(grn.gate_norm.glu.fc.bias)
         self.u, self.w = _param(w1 @ a), _param(w1 @ b + c1)
         self.P, self.Q = _param((wg @ w2).T), _param(wg @ c2 + cg)
+        self.PQ = _param(torch.cat([wg @ w2, (wg @ c2 + cg)[:, None]], dim=1))  # (2·hidden, inner + 1)
         if hasattr(grn, "resample_norm"):
             rn = grn.resample_norm
             m, gate = interpolation_matrix(grn.input_size, grn.output_size), _gate(rn)
-            self.residual: nn.Module = _NormedLine((a @ m) * gate, (b @ m) * gate, rn.norm)
+            self.residual: _Line | _NormedLine = _NormedLine((a @ m) * gate, (b @ m) * gate, rn.norm)
         else:
             self.residual = _Line(a, b)
         self.out_norm = grn.gate_norm.add_norm.norm
@@ -88,9 +115,24 @@ class _Variable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map values ``(...)`` to the GRN output ``(..., hidden)``."""
         xe = x.unsqueeze(-1)
-        hidden = F.elu(torch.addcmul(self.w, xe, self.u))
+        hidden = elu(torch.addcmul(self.w, xe, self.u))
         gated = F.glu(torch.addmm(self.Q, hidden.reshape(-1, hidden.size(-1)), self.P), dim=-1)
         return self.out_norm(gated.reshape(*x.shape, -1).add_(self.residual(xe)))
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """Map values ``(rows,)`` to the GRN output transposed, ``(hidden, rows)``.
+
+        Features along the first axis make every step a long, contiguous vector operation (the
+        layer norm of 32 features per row is mostly per-row overhead in the row-wise kernel).
+        """
+        inner = self.u.numel()
+        hidden = x.new_empty(inner + 1, x.numel())
+        hidden[inner] = 1.0  # multiplies the bias column of PQ
+        elu(torch.addcmul(self.w[:, None], self.u[:, None], x[None]), out=hidden[:inner])
+        gated = torch.mm(self.PQ, hidden)
+        half = gated.size(0) // 2
+        z = torch.sigmoid_(gated[half:]).mul_(gated[:half])  # the GLU, in place
+        return norm_columns(self.residual.add_columns(x, z), self.out_norm)
 
 
 class _Line(nn.Module):
@@ -103,6 +145,10 @@ class _Line(nn.Module):
     def forward(self, xe: torch.Tensor) -> torch.Tensor:
         """Map ``(..., 1)`` values to ``(..., size)``."""
         return torch.addcmul(self.q, xe, self.p)
+
+    def add_columns(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Add the line of values ``(rows,)`` to ``z`` ``(size, rows)`` in place."""
+        return z.addcmul_(self.p[:, None], x[None]).add_(self.q[:, None])
 
 
 class _NormedLine(nn.Module):
@@ -130,6 +176,36 @@ class _NormedLine(nn.Module):
         out = torch.addcmul(self.beta, (x64 * inv).float(), self.pg)
         return out.addcmul_(inv.float(), self.qg)
 
+    def add_columns(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Add the normed line of values ``(rows,)`` to ``z`` ``(size, rows)`` in place."""
+        a, b, c = self.moments
+        x64 = x.double()
+        inv = torch.rsqrt((x64 * a + b) * x64 + c)
+        z.add_(self.beta[:, None]).addcmul_(self.pg[:, None], (x64 * inv).float()[None])
+        return z.addcmul_(self.qg[:, None], inv.float()[None])
+
+
+def norm_columns(z: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """Apply ``norm`` to every column of ``z`` ``(features, rows)``, in place.
+
+    The same two-pass mean and variance as ``F.layer_norm``, as vector operations along the rows.
+
+    Args:
+        z: Features along the first axis; overwritten.
+        norm: A ``LayerNorm`` over ``z.size(0)`` features.
+
+    Returns:
+        ``z``.
+    """
+    z.sub_(z.mean(dim=0))
+    variance = torch.mean(z * z, dim=0)
+    z.mul_(variance.add_(norm.eps).rsqrt_())
+    if norm.weight is not None:
+        z.mul_(norm.weight[:, None])
+    if norm.bias is not None:
+        z.add_(norm.bias[:, None])
+    return z
+
 
 class _Weights(nn.Module):
     """The variable-weight GRN of a selection network, reading the ``V`` scalars directly."""
@@ -153,16 +229,24 @@ class _Weights(nn.Module):
         self.R, self.r = _param(torch.stack(r_rows) * gate), _param(r * gate)  # (V, V), (V,)
         self.res_norm = g.resample_norm.norm
         self.context = getattr(g, "context", None)
-        self.fc2, self.glu, self.out_norm = g.fc2, g.gate_norm.glu.fc, g.gate_norm.add_norm.norm
+        wg, w2 = _f64(g.gate_norm.glu.fc.weight), _f64(g.fc2.weight)
+        self.G = _param(wg @ w2)  # fc2 then the gate's Linear: one product (no dropout at inference)
+        self.g = _param(wg @ _f64(g.fc2.bias) + _f64(g.gate_norm.glu.fc.bias))
+        self.out_norm = g.gate_norm.add_norm.norm
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """Softmax weights ``(b, T, V)`` of values ``(b, T, V)``; ``context`` is per server ``(b, 1, c)``."""
-        pre = torch.matmul(x, self.A) + self.d
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, servers: int) -> torch.Tensor:
+        """Softmax weights ``(V, rows)`` of values ``(V, rows)``, rows ordered server by server.
+
+        ``context`` is ``(servers, 1, c)`` (per server) or ``(servers, steps, c)``.
+        """
+        pre = torch.addmm(self.d[:, None], self.A.T, x)
         if context is not None and self.context is not None:
-            pre = pre + self.context(context)
-        hidden = self.fc2(F.elu(pre))
-        residual = self.res_norm(torch.matmul(x, self.R) + self.r)
-        return torch.softmax(self.out_norm(F.glu(self.glu(hidden), dim=-1) + residual), dim=-1)
+            pre.view(pre.size(0), servers, -1).add_(self.context(context).permute(2, 0, 1))
+        gated = torch.addmm(self.g[:, None], self.G, elu(pre))
+        half = gated.size(0) // 2
+        z = torch.sigmoid_(gated[half:]).mul_(gated[:half])
+        residual = norm_columns(torch.addmm(self.r[:, None], self.R.T, x), self.res_norm)
+        return torch.softmax(norm_columns(z.add_(residual), self.out_norm), dim=0)
 
 
 class FusedVariableSelection(nn.Module):
@@ -184,34 +268,41 @@ class FusedVariableSelection(nn.Module):
             raise ValueError(f"expected (batch, time, variables) inputs, got {tuple(values.shape)}")
         per_server = _per_server(context)
         tables = {i: self._shared_table(values[..., i], i) for i in self.shared}
-        selected, weights = [], []
-        for lo in range(0, values.size(0), SERVERS_PER_CHUNK):
+        b, steps, n_vars = values.shape
+        selected = values.new_empty(b, steps, self.hidden)
+        weights = values.new_empty(b, steps, n_vars)
+        for lo in range(0, b, SERVERS_PER_CHUNK):
             part = slice(lo, lo + SERVERS_PER_CHUNK)
             ctx = None if context is None else (per_server[part] if per_server is not None else context[part])
-            out = self._chunk(values[part], ctx, {i: t(part) for i, t in tables.items()})
-            selected.append(out[0])
-            weights.append(out[1])
-        return torch.cat(selected), torch.cat(weights).unsqueeze(-2)
+            acc, w = self._chunk(values[part], ctx, {i: t(part) for i, t in tables.items()})
+            selected[part] = acc.T.view(-1, steps, self.hidden)
+            weights[part] = w.T.view(-1, steps, n_vars)
+        return selected, weights.unsqueeze(-2)
 
     def _chunk(
         self, values: torch.Tensor, context: torch.Tensor | None, shared: dict[int, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = self.weights(values, context)  # (b, T, V)
-        acc = values.new_zeros(values.size(0), values.size(1), self.hidden)
+        """Selected embedding ``(hidden, rows)`` and weights ``(V, rows)`` of a few servers' values."""
+        servers, steps, n_vars = values.shape
+        columns = values.reshape(-1, n_vars).T.contiguous()  # (V, rows): one contiguous row per variable
+        weights = self.weights(columns, context, servers)
+        acc = values.new_zeros(self.hidden, columns.size(1))
         for i in self.own:
-            acc.addcmul_(self.variables[i](values[..., i]), weights[..., i : i + 1])
+            variable: _Variable = self.variables[i]  # type: ignore[assignment]
+            acc.addcmul_(variable.columns(columns[i]), weights[i])
+        per_step = acc.view(self.hidden, servers, steps)
         for i, table in shared.items():
-            acc.addcmul_(table, weights[..., i : i + 1])
+            per_step.addcmul_(table, weights[i].view(servers, steps))
         return acc, weights
 
     def _shared_table(self, column: torch.Tensor, i: int) -> Any:
-        """Outputs of a time-only variable, computed once per distinct row and broadcast."""
+        """Outputs ``(hidden, servers, T)`` of a time-only variable, computed once per distinct row."""
         if bool((column == column[:1]).all()):
-            row = self.variables[i](column[0])  # (T, hidden)
-            return lambda part: row.expand(column[part].size(0), *row.shape)
+            row = self.variables[i](column[0]).T  # (hidden, T)
+            return lambda part: row[:, None, :]
         distinct, inverse = torch.unique(column, return_inverse=True)
-        table = self.variables[i](distinct)
-        return lambda part: table[inverse[part]]
+        table = self.variables[i](distinct).T.contiguous()  # (hidden, distinct)
+        return lambda part: table[:, inverse[part]]
 
 
 def _per_server(context: torch.Tensor | None) -> torch.Tensor | None:

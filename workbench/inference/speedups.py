@@ -10,21 +10,27 @@ Profiling the stock network on a fleet (1,000 servers × 384 steps) shows two ho
 
 :class:`~workbench.inference.fused_vsn.FusedVariableSelection` collapses the affine layers
 around each scalar input and evaluates time-only inputs once per distinct row;
-:class:`ContextOncePerServer` projects the static context once per server instead of per step;
-:class:`FusedAttention` projects all heads in one product and calls
-``scaled_dot_product_attention``. All read the original modules' weights and compute the same
-function; only floating-point rounding differs. :func:`optimise` applies them to a copy of the
-network, leaving the original intact (the reference path keeps using it), and keeps the stock
-module for any selection network whose inputs are not all plain reals.
+:class:`FusedGRN` merges a gated residual network's ``fc2`` and gate ``Linear`` into one product
+and projects a static context once per server instead of per step; :class:`FusedAttention`
+projects all heads in one product and, since the heads share their values, materialises the
+weights of a few servers at a time and multiplies them by the values in one product per
+server; :class:`FullLengthLSTM` skips packing when every sequence has the full length. All read
+the original modules' weights and compute the same function; only floating-point rounding
+differs. :func:`optimise` applies them to a copy of the network, leaving the original intact
+(the reference path keeps using it), and keeps the stock module wherever a module's
+assumptions do not hold (inputs that are not all plain reals, other GRN variants, training mode).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pytorch_forecasting import TemporalFusionTransformer
+from pytorch_forecasting.models.nn.rnn import LSTM
 from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
     GatedResidualNetwork,
     InterpretableMultiHeadAttention,
@@ -32,6 +38,9 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 from torch import nn
 
 from workbench.inference import fused_vsn
+from workbench.inference.fused_vsn import elu, is_unit_elu
+
+ATTENTION_SERVERS_PER_CHUNK = 4  # servers whose (heads, queries, keys) weights are materialised at once
 
 
 def optimise(network: TemporalFusionTransformer) -> TemporalFusionTransformer:
@@ -42,57 +51,166 @@ def optimise(network: TemporalFusionTransformer) -> TemporalFusionTransformer:
         module = getattr(fast, name)
         if fused_vsn.applies(module):
             setattr(fast, name, fused_vsn.FusedVariableSelection(module, shared=sorted(known)))
-    fast.static_enrichment = ContextOncePerServer(fast.static_enrichment)
+    for name in ("static_enrichment", "pos_wise_ff"):
+        if FusedGRN.applies(getattr(fast, name)):
+            setattr(fast, name, FusedGRN(getattr(fast, name)))
+    for name in ("lstm_encoder", "lstm_decoder"):
+        if isinstance(getattr(fast, name), LSTM):
+            setattr(fast, name, FullLengthLSTM(getattr(fast, name)))
     fast.multihead_attn = FusedAttention(fast.multihead_attn)
-    return fast
+    return fast.eval()  # new modules start in training mode
 
 
-class ContextOncePerServer(nn.Module):
-    """A context GRN whose static context is projected once per server, not once per step."""
+class FusedGRN(nn.Module):
+    """A ``GatedResidualNetwork`` whose ``fc2`` and gate ``Linear`` are one product.
+
+    In eval mode the gate's dropout is the identity, so ``glu.fc(fc2(h))`` is the single affine
+    map ``h·(W_g W_2)ᵀ + (W_g b_2 + b_g)``. A static context broadcast over time (stride 0) is
+    projected once per server. In training mode the stock module runs.
+    """
 
     def __init__(self, grn: GatedResidualNetwork) -> None:
         super().__init__()
         self.grn = grn
+        wg, w2 = grn.gate_norm.glu.fc.weight.detach().double(), grn.fc2.weight.detach().double()
+        bias = wg @ grn.fc2.bias.detach().double() + grn.gate_norm.glu.fc.bias.detach().double()
+        self.weight = nn.Parameter((wg @ w2).float(), requires_grad=False)
+        self.bias = nn.Parameter(bias.float(), requires_grad=False)
+
+    @staticmethod
+    def applies(grn: nn.Module) -> bool:
+        """Whether ``grn`` is a plain GRN: no resampled residual, no trainable add, a unit ELU."""
+        return (
+            isinstance(grn, GatedResidualNetwork)
+            and not hasattr(grn, "resample_norm")
+            and not hasattr(grn.gate_norm.add_norm, "resample")
+            and not grn.gate_norm.add_norm.trainable_add
+            and is_unit_elu(grn.elu)
+        )
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Same as the wrapped GRN's forward."""
         g = self.grn
-        if context is None or context.dim() != 3 or context.stride(1) != 0 or hasattr(g, "resample_norm"):
+        if self.training:
             return g(x, context, residual)
-        hidden = g.fc1(x) + g.context(context[:, :1])
-        return g.gate_norm(g.fc2(F.elu(hidden)), x if residual is None else residual)
+        hidden = g.fc1(x)
+        if context is not None:
+            hidden = _add(hidden, g.context(_once_per_server(context)))
+        gated = F.glu(F.linear(elu(hidden), self.weight, self.bias), dim=-1)
+        norm = g.gate_norm.add_norm.norm
+        skip = x if residual is None else residual
+        return F.layer_norm(_add(gated, skip), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _once_per_server(context: torch.Tensor) -> torch.Tensor:
+    """``context[:, :1]`` when a 3-d context is broadcast over time (stride 0), else ``context``."""
+    return context[:, :1] if context.dim() == 3 and context.stride(1) == 0 else context
+
+
+def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y``, in place in ``x`` (a fresh intermediate) when the result has ``x``'s shape."""
+    return x.add_(y) if torch.broadcast_shapes(x.shape, y.shape) == x.shape else x + y
+
+
+class FullLengthLSTM(nn.Module):
+    """pytorch-forecasting's ``LSTM`` that skips packing when every sequence has the full length.
+
+    With equal lengths, packing sorts, transposes and unsorts the batch for nothing: the plain
+    ``nn.LSTM`` gives the same outputs and final states. Other lengths go to the stock wrapper.
+    """
+
+    def __init__(self, lstm: LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
+        enforce_sorted: bool = True,
+    ) -> tuple[torch.Tensor, Any]:
+        """Same as the wrapped LSTM's forward."""
+        if isinstance(x, torch.Tensor) and lengths is not None and len(lengths):
+            steps = x.size(1 if self.lstm.batch_first else 0)
+            if steps > 0 and bool((lengths == steps).all()):
+                return nn.LSTM.forward(self.lstm, x, hx)
+        return self.lstm(x, hx, lengths=lengths, enforce_sorted=enforce_sorted)
 
 
 class FusedAttention(nn.Module):
-    """``InterpretableMultiHeadAttention`` with all heads projected at once and a fused kernel."""
+    """``InterpretableMultiHeadAttention`` for inference, with materialised per-server weights.
+
+    All heads' queries and keys come from one product each (the ``1/√d_k`` scale folded into the
+    query weights). The heads share one value projection, so the mean over heads of
+    ``softmax(q·kᵀ)·v`` is one product of each server's stacked head weights with its values.
+    Scores, softmax and that product run a few servers at a time in reused buffers that stay
+    in cache; the product is taken as ``vᵀ·pᵀ``, a shape the CPU BLAS handles far better. The
+    mask adds ``mask_bias`` like the stock ``masked_fill`` (the same result unless a query sees
+    no key at all). In training mode, or with an unexpected mask, the stock module runs.
+    """
 
     def __init__(self, attn: InterpretableMultiHeadAttention) -> None:
         super().__init__()
+        self.attn = attn
         self.n_head, self.d_k = attn.n_head, attn.d_k
-        self.v_layer, self.w_h = attn.v_layer, attn.w_h
-        self.q = _concat_linear(list(attn.q_layers))
+        self.mask_bias = float(getattr(attn, "mask_bias", -1e9))
+        self.v_layer = attn.v_layer
+        self.q = _concat_linear(list(attn.q_layers), scale=attn.d_k**-0.5)
         self.k = _concat_linear(list(attn.k_layers))
+        self.w_h = nn.Parameter(attn.w_h.weight.detach() / attn.n_head, requires_grad=False)  # mean over heads
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the attention output and a zero-cost placeholder for the (unused) weights."""
         b, tq, tk, h = q.size(0), q.size(1), k.size(1), self.n_head
-        vs = self.v_layer(v)
-        qs = self.q(q).view(b, tq, h, self.d_k).transpose(1, 2)
-        ks = self.k(k).view(b, tk, h, self.d_k).transpose(1, 2)
-        allowed = None if mask is None else ~mask.unsqueeze(1)
-        heads = F.scaled_dot_product_attention(qs, ks, vs.unsqueeze(1).expand(b, h, tk, vs.size(-1)), allowed)
-        outputs = self.w_h(heads.mean(dim=1) if h > 1 else heads[:, 0])
+        if self.training or q.dim() != 3 or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 3)):
+            return self.attn(q, k, v, mask)
+        values = self.v_layer(v).transpose(1, 2).contiguous()  # (b, d_v, tk)
+        queries = self.q(q).view(b, tq, h, self.d_k).transpose(1, 2).reshape(b * h, tq, self.d_k)
+        keys = self.k(k).view(b, tk, h, self.d_k).permute(0, 2, 3, 1).reshape(b * h, self.d_k, tk)
+        bias, chunk = self._mask_bias(mask, b, tq, tk, q)
+        out = q.new_empty(b, values.size(1), h * tq)  # per server: (d_v, heads × queries)
+        scores = q.new_empty(chunk * h, tq, tk)
+        weights = torch.empty_like(scores)
+        for lo in range(0, b, chunk):
+            n = min(chunk, b - lo)
+            rows = slice(lo * h, (lo + n) * h)
+            s = torch.baddbmm(bias(lo), queries[rows], keys[rows], out=scores[: n * h])
+            p = torch.ops.aten._softmax.out(s, -1, False, out=weights[: n * h])
+            torch.bmm(values[lo : lo + n], p.view(n, h * tq, tk).transpose(1, 2), out=out[lo : lo + n])
+        heads = out.view(b, -1, h, tq).sum(dim=2).transpose(1, 2)  # (b, tq, d_v)
+        outputs = F.linear(heads, self.w_h)
         # Attention weights only feed interpretation plots, never the forecast.
         return outputs, torch.zeros((), dtype=q.dtype, device=q.device).expand(b, tq, h, tk)
 
+    def _mask_bias(
+        self, mask: torch.Tensor | None, b: int, tq: int, tk: int, like: torch.Tensor
+    ) -> tuple[Callable[[int], torch.Tensor], int]:
+        """The additive mask of the servers from ``lo`` on, and how many servers to take at once."""
+        if mask is None:
+            zero = like.new_zeros(tq, tk)
+            return (lambda lo: zero), ATTENTION_SERVERS_PER_CHUNK
+        if _same_for_every_server(mask):  # the usual case: every server has full windows
+            shared = like.new_zeros(tq, tk).masked_fill_(mask[0], self.mask_bias)
+            return (lambda lo: shared), ATTENTION_SERVERS_PER_CHUNK
+        per_server = like.new_zeros(b, tq, tk).masked_fill_(mask, self.mask_bias)
+        return (lambda lo: per_server[lo]), 1
 
-def _concat_linear(layers: list[nn.Linear]) -> nn.Linear:
+
+def _same_for_every_server(mask: torch.Tensor) -> bool:
+    """Whether every server's ``(queries, keys)`` boolean mask equals the first one's."""
+    if mask.is_contiguous() and mask.size(-1) % 8 == 0:  # compare 8 booleans at a time
+        mask = mask.view(torch.uint8).view(torch.int64)
+    return torch.equal(mask, mask[:1].expand_as(mask))
+
+
+def _concat_linear(layers: list[nn.Linear], scale: float = 1.0) -> nn.Linear:
     out = nn.Linear(layers[0].in_features, sum(layer.out_features for layer in layers))
     with torch.no_grad():
-        out.weight.copy_(torch.cat([layer.weight for layer in layers]))
-        out.bias.copy_(torch.cat([layer.bias for layer in layers]))
+        out.weight.copy_(torch.cat([layer.weight for layer in layers]) * scale)
+        out.bias.copy_(torch.cat([layer.bias for layer in layers]) * scale)
     return out.requires_grad_(False)

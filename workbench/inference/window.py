@@ -371,6 +371,8 @@ def _fill_along_time(values: np.ndarray) -> np.ndarray:
     """Forward-fill NaN along axis 1, then back-fill the leading NaN."""
     n, t, m = values.shape
     ok = ~np.isnan(values)
+    if ok.all():
+        return values  # complete windows, the usual case
     idx = np.where(ok, np.arange(t)[None, :, None], -1)
     np.maximum.accumulate(idx, axis=1, out=idx)
     first_ok = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)  # (n, m)
