@@ -460,7 +460,9 @@ def test_the_dashboard_reads_what_the_real_daemons_serve(tiny_bundle_dir):
     from workbench.service.settings import GeneratorSettings, InferenceSettings
 
     bundle = load_bundle(tiny_bundle_dir, device="cpu")
-    settings = InferenceSettings(bundle=tiny_bundle_dir, state_dir=None, device="cpu", poll_seconds=0.02)
+    settings = InferenceSettings(
+        bundle=tiny_bundle_dir, state_dir=None, device="cpu", poll_seconds=0.02, forecast_worker="thread"
+    )
     servers, steps = 4, bundle.spec.min_encoder_length + 3
 
     def wait_for(predicate, timeout=60.0):

@@ -1,6 +1,8 @@
 """The inference daemon in process (FastAPI TestClient): every endpoint's shape, warm-up, restart, limits."""
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -26,7 +28,8 @@ def bundle(tiny_bundle_dir):
 @pytest.fixture
 def make(tmp_path, tiny_bundle_dir, bundle):
     def make(**overrides):
-        options = {"state_dir": tmp_path / "state", "device": "cpu", "poll_seconds": 0.02, **overrides}
+        options = {"state_dir": tmp_path / "state", "device": "cpu", "poll_seconds": 0.02, "forecast_worker": "thread"}
+        options.update(overrides)
         return create_app(InferenceSettings(bundle=tiny_bundle_dir, **options), bundle=bundle)
 
     return make
@@ -113,9 +116,29 @@ def test_the_served_document_equals_forecast_to_json(make, bundle):
     with TestClient(app) as client:
         feed(client, steps(bundle.spec.min_encoder_length + 1))
         doc = wait_for(lambda: forecast_from(client, 12))
-        latest = app.state.daemon.predictor.latest
-        assert doc["predictions"] == json.loads(json.dumps(latest.forecast.to_json()))
-        assert doc["alerts"] == [a.to_dict() for a in latest.alerts]
+        forecast, alerts = app.state.daemon.predictor.backend.last
+        assert doc["predictions"] == json.loads(json.dumps(forecast.to_json()))
+        assert doc["alerts"] == [a.to_dict() for a in alerts]
+
+
+def test_forecasts_run_in_a_worker_process_that_is_restarted_after_a_crash(make, bundle):
+    app = make(forecast_worker="process")
+    need = bundle.spec.min_encoder_length
+    with TestClient(app) as client:
+        feed(client, steps(need))
+        doc = wait_for(lambda: forecast_from(client, need - 1), timeout=180)  # the worker imports torch first
+        assert doc["metadata"]["forecast_worker"] == "process"
+        worker = client.get("/status").json()["forecast_worker"]
+        assert worker["mode"] == "process" and worker["pid"] not in (None, os.getpid()) and worker["restarts"] == 0
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert len(families["workbench_forecast"].samples) == SERVERS * 8 * 4 * 3
+        os.kill(worker["pid"], signal.SIGKILL)
+        feed(client, steps(1, start=need))
+        wait_for(lambda: forecast_from(client, need), timeout=180)
+        status = client.get("/status").json()
+        assert status["forecast_worker"]["restarts"] == 1 and status["forecast_worker"]["pid"] != worker["pid"]
+        assert status["predictor"]["errors"] <= 1  # the request in flight at the kill, if any
+    assert app.state.daemon.worker.pid is None  # stopped with the daemon
 
 
 def test_status_reports_warm_up_and_fleet(make, bundle):

@@ -66,6 +66,15 @@ def until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def exited(pid: int) -> bool:
+    """Whether a process is gone or a zombie (an orphan may wait for a PID 1 that never reaps)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def tft_forecast(base: str, servers: int):
     doc = httpx.get(base + "/predictions/current", timeout=10).json()
     sources = {m["source"] for entry in doc["predictions"].values() for m in entry.values()}
@@ -133,8 +142,10 @@ def test_kill_9_while_feeding_loses_no_acknowledged_record(tmp_path, tiny_bundle
         until(lambda: httpx.get(base + "/health").json()["running"], 90, "the inference daemon")
         thread.start()
         until(lambda: len(acked) >= 30 and (state / "snapshot.json").is_file(), 60, "feeding and a snapshot")
+        worker = until(lambda: httpx.get(base + "/status").json()["forecast_worker"]["pid"], 60, "the forecast worker")
         os.kill(daemon.pid, signal.SIGKILL)  # mid-feeding
         daemon.wait(10)
+        until(lambda: exited(worker), 30, "the orphaned forecast worker to exit")
     finally:
         stop_feeding.set()
         thread.join(30)

@@ -33,7 +33,7 @@ def line(minute: int, server: str = "ppweb001", **extra) -> str:
 
 def test_forwarder_tails_batches_and_resumes(tmp_path, tiny_bundle_dir, forwarder_module):
     app = create_app(
-        InferenceSettings(bundle=tiny_bundle_dir, state_dir=None, device="cpu"),
+        InferenceSettings(bundle=tiny_bundle_dir, state_dir=None, device="cpu", forecast_worker="thread"),
         bundle=load_bundle(tiny_bundle_dir, device="cpu"),
     )
     source, offsets = tmp_path / "metrics.jsonl", tmp_path / "offset"

@@ -44,6 +44,7 @@ def client(tiny_bundle_dir, tmp_path_factory):
         max_records=40,
         max_body_bytes=64 * 1024,
         max_servers=64,  # random names come and go; a small store keeps each check cheap
+        forecast_worker="thread",
     )
     app = create_app(settings_, bundle=load_bundle(tiny_bundle_dir, device="cpu"))
     with TestClient(app) as test_client:

@@ -23,7 +23,9 @@ def bundle(tiny_bundle_dir):
 
 @pytest.fixture
 def client(tmp_path, tiny_bundle_dir, bundle):
-    settings = InferenceSettings(bundle=tiny_bundle_dir, state_dir=None, device="cpu", poll_seconds=0.02)
+    settings = InferenceSettings(
+        bundle=tiny_bundle_dir, state_dir=None, device="cpu", poll_seconds=0.02, forecast_worker="thread"
+    )
     with TestClient(create_app(settings, bundle=bundle)) as client:
         yield client
 

@@ -32,7 +32,18 @@ _LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True)
 @click.option("--max-records", type=click.IntRange(min=1), default=20_000, show_default=True, help="Per request.")
 @click.option("--thresholds", type=_PATH, help="YAML file of alert thresholds (default: the built-in table).")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch threads for forecasts (default: half the cores).")
+@click.option(
+    "--forecast-worker",
+    type=click.Choice(["process", "thread"]),
+    default="process",
+    show_default=True,
+    help="Run forecasts in a niced child process (requests never wait behind the model) or in a thread.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Torch threads for forecasts (default: every core in the worker process, half of them in a thread).",
+)
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 def serve(
     bundle: Path,
@@ -48,6 +59,7 @@ def serve(
     max_body_mb: float,
     max_records: int,
     thresholds: Path | None,
+    forecast_worker: str,
     threads: int | None,
     log_level: str,
 ) -> None:
@@ -76,9 +88,11 @@ def serve(
         max_records=max_records,
         thresholds=thresholds,
         threads=threads,
+        forecast_worker=forecast_worker,
         log_level=log_level,
     )
-    configure_threads(settings.threads)
+    if settings.forecast_worker == "thread":
+        configure_threads(settings.threads)
     app = create_app(settings)
     run_app(app, host=host, port=port, log_level=log_level)
 

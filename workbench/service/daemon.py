@@ -24,11 +24,13 @@ from workbench.inference.engine import Engine
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
 from workbench.service.common import Hub
+from workbench.service.documents import Documents, Forecaster
 from workbench.service.ingest import Ingestor
-from workbench.service.predictor import Predictor
+from workbench.service.predictor import Backend, Predictor
 from workbench.service.prom import make_registry
 from workbench.service.settings import InferenceSettings
 from workbench.service.state import Recovered, StateDir, bundle_identity
+from workbench.service.worker import ForecastProcess, WorkerConfig
 from workbench.thresholds import Thresholds
 
 SERVICE_NAME = "workbench-inference"
@@ -73,11 +75,16 @@ class InferenceDaemon:
             records=self.recovered.records,
             max_future_seconds=settings.max_future_seconds,
         )
+        documents = Documents(tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata())
+        self.worker: ForecastProcess | None = None
+        backend: Backend = Forecaster(self.engine, documents)
+        if settings.forecast_worker == "process":
+            self.worker = backend = ForecastProcess(self._worker_config(thresholds))
         self.predictor = Predictor(
-            self.engine,
+            backend,
             self.ingestor,
-            thresholds,
-            self._metadata(),
+            documents,
+            self.engine.spec.min_encoder_length,
             interval=settings.interval,
             poll_seconds=settings.poll_seconds,
         )
@@ -96,6 +103,19 @@ class InferenceDaemon:
     def _empty_store(self) -> WindowStore:
         return self.engine.store
 
+    def _worker_config(self, thresholds: Thresholds) -> WorkerConfig:
+        s = self.settings
+        return WorkerConfig(
+            bundle=str(s.bundle),
+            device=str(self.engine.device),
+            batch_size=s.batch_size,
+            max_gap_steps=s.max_gap_steps,
+            max_servers=s.max_servers,
+            threads=s.threads,
+            thresholds=thresholds.to_dict(),
+            metadata=self._metadata(),
+        )
+
     def _metadata(self) -> dict[str, Any]:
         return {
             "model_type": "TFT",
@@ -105,6 +125,7 @@ class InferenceDaemon:
             "horizon_steps": self.engine.spec.horizon,
             "device": str(self.engine.device),
             "targets": list(self.bundle.targets),
+            "forecast_worker": self.settings.forecast_worker,
         }
 
     @property
@@ -115,6 +136,8 @@ class InferenceDaemon:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """Run the predictor and the snapshot schedule while the app serves; snapshot on the way out."""
+        if self.worker is not None:
+            self.worker.start()  # loads the model while the first data arrives
         self._tasks = [asyncio.create_task(self.predictor.run(self.hub.publish), name="predictor")]
         if self.state_dir is not None:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
@@ -148,7 +171,9 @@ class InferenceDaemon:
             log.info("snapshot %s written", path.name)
 
     def close(self) -> None:
-        """Take a final snapshot, close the log and release the state folder (idempotent)."""
+        """Stop the forecast worker, take a final snapshot, close the log and release the state folder (idempotent)."""
+        if self.worker is not None:
+            self.worker.close()
         if self.state_dir is None:
             return
         try:
@@ -203,6 +228,11 @@ class InferenceDaemon:
                 "fleet_health": env["fleet_health"],
             },
             "predictor": self.predictor.status(),
+            "forecast_worker": {
+                "mode": self.settings.forecast_worker,
+                "pid": self.worker.pid if self.worker is not None else None,
+                "restarts": max(0, self.worker.restarts) if self.worker is not None else 0,
+            },
             "ingest": {**vars(self.ingestor.counters), "records_total": self.ingestor.records},
             "state": {
                 "state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,

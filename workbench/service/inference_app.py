@@ -195,8 +195,8 @@ def _read_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
     )
     async def metrics() -> Response:
         """Prometheus exposition: forecasts, alerts, fleet risk, warm-up and ingest counters."""
-        text = await anyio.to_thread.run_sync(generate_latest, daemon.registry)
-        return Response(text, media_type=CONTENT_TYPE_LATEST)
+        live = await anyio.to_thread.run_sync(generate_latest, daemon.registry)
+        return Response(daemon.predictor.latest.metrics + live, media_type=CONTENT_TYPE_LATEST)
 
 
 def _websocket_route(app: FastAPI, daemon: InferenceDaemon) -> None:

@@ -1,13 +1,17 @@
 """``GET /metrics``: the latest forecast, alerts and ingest counters in Prometheus' text format.
 
-A custom collector reads the predictor's latest immutable result at scrape time, so a scrape
-never waits for the model. Forecasts are exported at a few horizons only (30 min, 1 h, 4 h, 8 h)
-to keep the number of series near ``servers x metrics x 3 x 4``.
+The forecast, alert and risk families are rendered once per forecast, where the forecast is
+made (:func:`render_forecast`, about 0.1 s for 1,000 servers instead of seconds through
+``prometheus_client``'s objects), and served as bytes; a custom collector adds the live fleet
+figures and counters at scrape time. A scrape never waits for the model. Forecasts are exported
+at a few horizons only (30 min, 1 h, 4 h, 8 h) to keep the number of series near
+``servers x metrics x 3 x 4``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -16,6 +20,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from workbench.inference.forecast import QUANTILE_NAMES
 
 if TYPE_CHECKING:
+    from workbench.alerts import Alert
+    from workbench.inference.forecast import Forecast
+    from workbench.risk import RiskReport
     from workbench.service.ingest import Ingestor
     from workbench.service.predictor import Predictor
 
@@ -23,11 +30,67 @@ HORIZONS = {"30m": 6, "1h": 12, "4h": 48, "8h": 96}  # label -> steps ahead
 FLEET_HEALTH_STATES = ("healthy", "degraded", "critical", "unknown")
 
 
-class WorkbenchCollector(Collector):
-    """Exports the predictor's latest result and the ingest counters.
+def render_forecast(forecast: Forecast | None, alerts: Sequence[Alert], report: RiskReport | None) -> bytes:
+    """Render the forecast, current value, alert and risk-score families as Prometheus text.
 
     Args:
-        predictor: Source of the latest forecast, alerts and risk.
+        forecast: The forecast (``None`` or no servers: the families without samples).
+        alerts: Active alerts.
+        report: Fleet risk of the forecast.
+    """
+    lines = _forecast_lines(forecast)
+    lines += _header("workbench_alert", "1 for each active predictive alert")
+    ahead = _header("workbench_alert_minutes_ahead", "Minutes until the forecast band reaches the alert's threshold")
+    for a in alerts:
+        labels = f'server="{_escape(a.server)}",metric="{a.metric}",severity="{a.severity}"'
+        lines.append(f"workbench_alert{{{labels}}} 1.0")
+        ahead.append(f"workbench_alert_minutes_ahead{{{labels}}} {_number(a.minutes_ahead)}")
+    lines += ahead
+    lines += _header("workbench_risk_score", "Risk score of a server, 0-100")
+    if report is not None:
+        for server, value in zip(report.servers, report.risk_score.tolist(), strict=True):
+            lines.append(f'workbench_risk_score{{server="{_escape(server)}"}} {_number(value)}')
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+def _forecast_lines(forecast: Forecast | None) -> list[str]:
+    lines = _header("workbench_forecast", "Forecast quantile of a metric at a horizon, in the metric's contract unit")
+    current = _header("workbench_current", "Last observed value (the forecast origin)")
+    if forecast is not None and forecast.servers:
+        steps = {label: s for label, s in HORIZONS.items() if s <= forecast.horizon}
+        picked = forecast.quantiles[:, :, [s - 1 for s in steps.values()], :].tolist()  # (n, m, horizons, 3)
+        values = forecast.current.tolist()
+        suffixes = [f'quantile="{q}",horizon="{h}"}} ' for h in steps for q in QUANTILE_NAMES]
+        for i, server in enumerate(forecast.servers):
+            for j, metric in enumerate(forecast.targets):
+                labels = f'server="{_escape(server)}",metric="{metric}"'
+                current.append(f"workbench_current{{{labels}}} {_number(values[i][j])}")
+                prefix = f"workbench_forecast{{{labels},"
+                flat = [v for horizon in picked[i][j] for v in horizon]
+                lines += [prefix + suffix + _number(v) for suffix, v in zip(suffixes, flat, strict=True)]
+    return lines + current
+
+
+def _header(name: str, documentation: str) -> list[str]:
+    return [f"# HELP {name} {documentation}", f"# TYPE {name} gauge"]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value):
+        return repr(float(value))
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+class WorkbenchCollector(Collector):
+    """Exports the live fleet figures and the ingest counters.
+
+    Args:
+        predictor: Source of the latest fleet figures.
         ingestor: Source of the counters and fleet figures.
     """
 
@@ -36,55 +99,9 @@ class WorkbenchCollector(Collector):
         self.ingestor = ingestor
 
     def collect(self) -> Iterator[Metric]:
-        """Yield every metric family (called by ``generate_latest``)."""
-        yield from self._forecast()
-        yield from self._alerts()
+        """Yield the live metric families (called by ``generate_latest``)."""
         yield from self._fleet()
         yield from self._counters()
-
-    def _forecast(self) -> Iterator[Metric]:
-        forecast = self.predictor.latest.forecast
-        quantiles = GaugeMetricFamily(
-            "workbench_forecast",
-            "Forecast quantile of a metric at a horizon, in the metric's contract unit",
-            labels=["server", "metric", "quantile", "horizon"],
-        )
-        current = GaugeMetricFamily(
-            "workbench_current", "Last observed value (the forecast origin)", labels=["server", "metric"]
-        )
-        if forecast is not None and forecast.servers:
-            steps = {label: s for label, s in HORIZONS.items() if s <= forecast.horizon}
-            picked = forecast.quantiles[:, :, [s - 1 for s in steps.values()], :]  # (n, m, horizons, 3)
-            for i, server in enumerate(forecast.servers):
-                for j, metric in enumerate(forecast.targets):
-                    current.add_metric([server, metric], float(forecast.current[i, j]))
-                    for h, label in enumerate(steps):
-                        for q, name in enumerate(QUANTILE_NAMES):
-                            quantiles.add_metric([server, metric, name, label], float(picked[i, j, h, q]))
-        yield quantiles
-        yield current
-
-    def _alerts(self) -> Iterator[Metric]:
-        latest = self.predictor.latest
-        alert = GaugeMetricFamily(
-            "workbench_alert", "1 for each active predictive alert", labels=["server", "metric", "severity"]
-        )
-        ahead = GaugeMetricFamily(
-            "workbench_alert_minutes_ahead",
-            "Minutes until the forecast band reaches the alert's threshold",
-            labels=["server", "metric", "severity"],
-        )
-        for a in latest.alerts:
-            alert.add_metric([a.server, a.metric, a.severity], 1.0)
-            ahead.add_metric([a.server, a.metric, a.severity], float(a.minutes_ahead))
-        yield alert
-        yield ahead
-        report = latest.report
-        score = GaugeMetricFamily("workbench_risk_score", "Risk score of a server, 0-100", labels=["server"])
-        if report is not None:
-            for server, value in zip(report.servers, report.risk_score.tolist(), strict=True):
-                score.add_metric([server], value)
-        yield score
 
     def _fleet(self) -> Iterator[Metric]:
         env = self.predictor.latest.summary["environment"]

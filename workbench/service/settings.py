@@ -63,6 +63,9 @@ def api_key_from_env(variable: str | None) -> str | None:
     return key.strip()
 
 
+FORECAST_WORKERS = ("process", "thread")
+
+
 @dataclass(frozen=True)
 class InferenceSettings:
     """Settings of the inference daemon (``workbench serve``).
@@ -82,12 +85,16 @@ class InferenceSettings:
         max_body_bytes: Largest ``POST /feed/data`` body; larger ones get 413.
         max_records: Most records in one body; more get 413.
         max_future_seconds: Refuse timestamps this far ahead of the daemon's clock (``None``: no limit).
-        batch_size: Servers per network call.
+        batch_size: Servers per network call (``None``: the engine's default for the device).
         max_gap_steps: Longest gap carried forward before a server's warm-up restarts.
         max_servers: Most servers held.
         thresholds: YAML file of alert thresholds (``None``: the defaults).
-        threads: Torch intra-op threads for forecasts (``None``: half the cores, at least 1);
-            applied by :func:`configure_threads`, which ``workbench serve`` calls.
+        threads: Torch threads for forecasts. In the forecast worker process (``None``: every
+            core; the worker is niced, so requests come first); in a thread of the daemon
+            (``None``: half the cores, at least 1; applied by :func:`configure_threads`).
+        forecast_worker: ``process``: forecasts run in a child process, so the model never holds
+            the request path's GIL or cores; ``thread``: in a thread of the daemon (tests,
+            debugging).
         log_level: Uvicorn and workbench log level.
     """
 
@@ -105,11 +112,12 @@ class InferenceSettings:
     max_body_bytes: int = 8 * MiB
     max_records: int = 20_000
     max_future_seconds: float | None = 86_400.0
-    batch_size: int = 1024
+    batch_size: int | None = None
     max_gap_steps: int = 6
     max_servers: int = 100_000
     thresholds: Path | None = None
     threads: int | None = None
+    forecast_worker: str = "process"
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -122,8 +130,12 @@ class InferenceSettings:
             problems += _positive("interval", self.interval)
         for name in ("poll_seconds", "snapshot_seconds"):
             problems += _positive(name, getattr(self, name))
-        for name in ("snapshot_log_bytes", "max_body_bytes", "max_records", "batch_size", "max_servers"):
+        for name in ("snapshot_log_bytes", "max_body_bytes", "max_records", "max_servers"):
             problems += _integer(name, getattr(self, name), 1)
+        if self.batch_size is not None:
+            problems += _integer("batch_size", self.batch_size, 1)
+        if self.forecast_worker not in FORECAST_WORKERS:
+            problems.append(f"forecast_worker={self.forecast_worker!r}; allowed: {', '.join(FORECAST_WORKERS)}")
         problems += _integer("max_gap_steps", self.max_gap_steps, 0)
         if self.max_future_seconds is not None:
             problems += _positive("max_future_seconds", self.max_future_seconds, allow_zero=True)
