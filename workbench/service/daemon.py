@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+import torch
 from fastapi import FastAPI
 
 from workbench import contract as c
@@ -107,7 +108,7 @@ class InferenceDaemon:
         s = self.settings
         return WorkerConfig(
             bundle=str(s.bundle),
-            device=str(self.engine.device),
+            device=self._device(),
             batch_size=s.batch_size,
             max_gap_steps=s.max_gap_steps,
             max_servers=s.max_servers,
@@ -116,6 +117,12 @@ class InferenceDaemon:
             metadata=self._metadata(),
         )
 
+    def _device(self) -> str:
+        """Where forecasts run: the engine's device, or the worker's (``--device``, CUDA when present)."""
+        if self.settings.forecast_worker == "thread":
+            return str(self.engine.device)
+        return self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
     def _metadata(self) -> dict[str, Any]:
         return {
             "model_type": "TFT",
@@ -123,7 +130,7 @@ class InferenceDaemon:
             "bundle_path": str(self.bundle.path) if self.bundle.path is not None else None,
             "contract_version": c.CONTRACT_VERSION,
             "horizon_steps": self.engine.spec.horizon,
-            "device": str(self.engine.device),
+            "device": self._device(),
             "targets": list(self.bundle.targets),
             "forecast_worker": self.settings.forecast_worker,
         }

@@ -83,7 +83,9 @@ def create_app(settings: InferenceSettings, *, bundle: Bundle | None = None) -> 
         BundleError: when the bundle cannot be loaded.
         StateError: when the state folder cannot be used (see :class:`InferenceDaemon`).
     """
-    bundle = bundle or load_bundle(settings.bundle, device=settings.device)
+    # With a worker process only the worker runs the network; this copy gives the windows' shape.
+    device = "cpu" if settings.forecast_worker == "process" else settings.device
+    bundle = bundle or load_bundle(settings.bundle, device=device)
     thresholds = Thresholds.from_yaml(settings.thresholds) if settings.thresholds else Thresholds()
     daemon = InferenceDaemon(settings, bundle, thresholds)
     app = FastAPI(
