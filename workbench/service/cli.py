@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from workbench.service.settings import FORECAST_WORKERS
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
 _PATH = click.Path(path_type=Path)
@@ -34,8 +35,8 @@ _LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
 @click.option("--thresholds", type=_PATH, help="YAML file of alert thresholds (default: the built-in table).")
 @click.option(
     "--forecast-worker",
-    type=click.Choice(["process", "thread"]),
-    default="process",
+    type=click.Choice(FORECAST_WORKERS),
+    default=FORECAST_WORKERS[0],
     show_default=True,
     help="Run forecasts in a niced child process (requests never wait behind the model) or in a thread.",
 )
