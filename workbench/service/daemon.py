@@ -55,7 +55,10 @@ class InferenceDaemon:
         self.settings = settings
         self.bundle = bundle
         gaps, servers = settings.max_gap_steps, settings.max_servers
-        self.engine = Engine(bundle, batch_size=settings.batch_size, max_gap_steps=gaps, max_servers=servers)
+        in_thread = settings.forecast_worker == "thread"  # else the worker builds its own fast network
+        self.engine = Engine(
+            bundle, batch_size=settings.batch_size, max_gap_steps=gaps, max_servers=servers, fast=in_thread
+        )
         self.started = time.time()
         self.state_dir: StateDir | None = None
         if settings.state_dir is not None:
@@ -77,10 +80,8 @@ class InferenceDaemon:
             max_future_seconds=settings.max_future_seconds,
         )
         documents = Documents(tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata())
-        self.worker: ForecastProcess | None = None
-        backend: Backend = Forecaster(self.engine, documents)
-        if settings.forecast_worker == "process":
-            self.worker = backend = ForecastProcess(self._worker_config(thresholds))
+        self.worker = None if in_thread else ForecastProcess(self._worker_config(thresholds))
+        backend: Backend = Forecaster(self.engine, documents) if self.worker is None else self.worker
         self.predictor = Predictor(
             backend,
             self.ingestor,
@@ -238,7 +239,7 @@ class InferenceDaemon:
             "forecast_worker": {
                 "mode": self.settings.forecast_worker,
                 "pid": self.worker.pid if self.worker is not None else None,
-                "restarts": max(0, self.worker.restarts) if self.worker is not None else 0,
+                "restarts": self.worker.restarts if self.worker is not None else 0,
             },
             "ingest": {**vars(self.ingestor.counters), "records_total": self.ingestor.records},
             "state": {

@@ -88,7 +88,7 @@ def send_frames(conn: Connection, header: Mapping[str, Any], blobs: Mapping[str,
 
 
 def recv_frames(conn: Connection) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Receive what :func:`send_frames` sent: the header and ``{name: array or bytes}``.
+    """Receive what :func:`send_frames` sent: the header and ``{name: array or bytes}`` (arrays read-only).
 
     Raises:
         EOFError: when the other end closed the pipe.
@@ -97,7 +97,7 @@ def recv_frames(conn: Connection) -> tuple[dict[str, Any], dict[str, Any]]:
     blobs: dict[str, Any] = {}
     for name, dtype, shape in header.pop("blobs"):
         data = conn.recv_bytes()
-        blobs[name] = data if dtype is None else np.frombuffer(bytearray(data), dtype=np.dtype(dtype)).reshape(shape)
+        blobs[name] = data if dtype is None else np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)  # read-only
     return header, blobs
 
 
@@ -110,11 +110,16 @@ class ForecastProcess:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.restarts = -1  # the first start is not a restart
+        self.starts = 0
         self._lock = threading.Lock()
         self._ready = False
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def restarts(self) -> int:
+        """Starts after the first (each follows a worker's death)."""
+        return max(0, self.starts - 1)
 
     @property
     def pid(self) -> int | None:
@@ -141,7 +146,7 @@ class ForecastProcess:
         with self._process.stdin as stdin:
             stdin.write(json.dumps(vars(self.config)).encode())
         self._conn = Connection(mine.detach())
-        self.restarts += 1
+        self.starts += 1
         self._ready = False
 
     def forecast(self, state: Mapping[str, np.ndarray], version: int) -> Published:
