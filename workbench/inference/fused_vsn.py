@@ -102,7 +102,6 @@ class _Variable(nn.Module):
         w2, c2 = _f64(grn.fc2.weight), _f64(grn.fc2.bias)
         wg, cg = _f64(grn.gate_norm.glu.fc.weight), _f64(grn.gate_norm.glu.fc.bias)
         self.u, self.w = _param(w1 @ a), _param(w1 @ b + c1)
-        self.P, self.Q = _param((wg @ w2).T), _param(wg @ c2 + cg)
         self.PQ = _param(torch.cat([wg @ w2, (wg @ c2 + cg)[:, None]], dim=1))  # (2·hidden, inner + 1)
         if hasattr(grn, "resample_norm"):
             rn = grn.resample_norm
@@ -116,7 +115,8 @@ class _Variable(nn.Module):
         """Map values ``(...)`` to the GRN output ``(..., hidden)``."""
         xe = x.unsqueeze(-1)
         hidden = elu(torch.addcmul(self.w, xe, self.u))
-        gated = F.glu(torch.addmm(self.Q, hidden.reshape(-1, hidden.size(-1)), self.P), dim=-1)
+        weight, bias = self.PQ[:, :-1], self.PQ[:, -1]
+        gated = F.glu(torch.addmm(bias, hidden.reshape(-1, hidden.size(-1)), weight.T), dim=-1)
         return self.out_norm(gated.reshape(*x.shape, -1).add_(self.residual(xe)))
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
