@@ -135,3 +135,48 @@ def test_idle_servers_are_evicted():
     store.ingest(pl.concat([rows("old", steps(2), [1.0, 1.0]), rows("new", steps(2), [1.0, 1.0])]))
     report = store.ingest(rows("new", steps(1, start=9), [1.0]))
     assert report.evicted == ["old"] and store.servers == ["new"]
+
+
+def _reference_read(store: WindowStore, slot: int, length: int) -> tuple[int, np.ndarray]:
+    """History and window of one ring, element by element: the spec the compiled reader must meet."""
+    cap, last = store.capacity, int(store._last[slot])
+    present = [s >= 0 and store._cnt[slot, s % cap].any() for s in range(last - cap + 1, last + 1)]
+    start, prev = -1, -1
+    for t, here in enumerate(present):
+        if here:
+            if prev < 0 or t - prev - 1 > store.max_gap_steps:
+                start = t
+            prev = t
+    history = cap - start if start >= 0 else 0
+    n = min(history, length)
+    out = np.zeros((length, len(store.metrics)))
+    for m in range(len(store.metrics)):
+        column = []
+        for step in range(last - n + 1, last + 1):
+            pos, count = step % cap, store._cnt[slot, step % cap, m]
+            value = store._max[slot, pos, m] if store._is_max[m] else store._sum[slot, pos, m] / max(count, 1)
+            column.append(value if count else np.nan)
+        seen = [v for v in column if not np.isnan(v)]
+        carried = seen[0] if seen else np.nan  # leading gaps take the first value
+        for t, v in enumerate(column):
+            carried = carried if np.isnan(v) else v
+            out[t, m] = carried
+    return history, out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_histories_and_windows_equal_an_element_by_element_reading(seed):
+    rng = np.random.default_rng(seed)
+    store = WindowStore(capacity=24, metrics=METRICS, max_gap_steps=int(rng.integers(0, 4)))
+    for server in range(12):
+        kept = rng.random(60) < rng.uniform(0.3, 1.0)  # gaps of every length, some past the limit
+        seconds = [s for s, k in zip(steps(60, start=int(rng.integers(0, 30))), kept, strict=True) if k]
+        cpu = [None if rng.random() < 0.2 else float(v) for v in rng.uniform(0, 100, len(seconds))]
+        store.ingest(rows(f"s{server}", seconds, cpu, [float(v) for v in rng.uniform(1, 50, len(seconds))]))
+    names = sorted(store.histories())
+    length = int(rng.integers(1, 30))
+    windows = store.windows(names, length)
+    for i, name in enumerate(names):
+        history, expected = _reference_read(store, store._index[name], length)
+        assert store.histories()[name] == history
+        np.testing.assert_array_equal(windows.values[i], expected[: windows.values.shape[1]])

@@ -1,4 +1,4 @@
-"""The fleet forecast: quantile arrays with their servers, targets and origins (numpy only).
+"""The fleet forecast: quantile arrays with their servers, targets and origins (no torch).
 
 A :class:`Forecast` always says where its numbers came from: ``source="tft"`` for servers the
 model forecast, and servers without enough history are listed as ``warming_up`` with no
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 import polars.selectors as cs
@@ -146,14 +147,38 @@ def postprocess(raw: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
     Raises:
         ValueError: when the network produced a non-finite value (never hidden by a fallback).
     """
-    out = np.array(raw, dtype=np.float64, copy=True)
-    if not np.isfinite(out).all():
-        bad = sorted({targets[j] for j in np.nonzero(~np.isfinite(out))[1]})
+    raw = np.ascontiguousarray(raw)
+    if raw.ndim != 4 or raw.shape[1] != len(targets) or raw.shape[3] != 3:
+        raise ValueError(f"expected (servers, {len(targets)}, horizon, 3) quantiles, got {raw.shape}")
+    metrics = [c.METRIC_BY_NAME[name] for name in targets]
+    low = np.array([m.low for m in metrics], dtype=np.float64)
+    high = np.array([np.inf if m.high is None else m.high for m in metrics], dtype=np.float64)
+    out = np.empty(raw.shape, dtype=np.float64)
+    if not _clip_and_order(raw, low, high, out):
+        bad = sorted({targets[j] for j in np.nonzero(~np.isfinite(raw))[1]})
         raise ValueError(f"the network produced non-finite forecasts for {bad}")
-    for j, name in enumerate(targets):
-        metric = c.METRIC_BY_NAME[name]
-        out[:, j] = np.clip(out[:, j], metric.low, metric.high if metric.high is not None else np.inf)
-    return np.sort(out, axis=-1)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _clip_and_order(raw: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray) -> bool:
+    """Write each ``raw[i, j, h]`` triple clipped to ``[low[j], high[j]]`` and sorted; False on a non-finite value."""
+    n, m, h, _ = raw.shape
+    for i in range(n):
+        for j in range(m):
+            for k in range(h):
+                a, b, c = np.float64(raw[i, j, k, 0]), np.float64(raw[i, j, k, 1]), np.float64(raw[i, j, k, 2])
+                if not (np.isfinite(a) and np.isfinite(b) and np.isfinite(c)):
+                    return False
+                a, b, c = min(max(a, low[j]), high[j]), min(max(b, low[j]), high[j]), min(max(c, low[j]), high[j])
+                if a > b:
+                    a, b = b, a
+                if b > c:
+                    b, c = c, b
+                if a > b:
+                    a, b = b, a
+                out[i, j, k, 0], out[i, j, k, 1], out[i, j, k, 2] = a, b, c
+    return True
 
 
 def _lead(steps: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import polars as pl
 
@@ -327,15 +328,9 @@ class WindowStore:
         Derived from which steps hold data, so samples arriving out of order extend a history
         backwards just as in-order ones extend it forwards.
         """
-        t = np.arange(self.capacity)
-        steps = self._last[slots, None] - self.capacity + 1 + t[None, :]  # oldest first
-        present = self._cnt[slots[:, None], steps % self.capacity].any(axis=-1) & (steps >= 0)
-        seen = np.where(present, t[None, :], -1)
-        prev = np.full_like(seen, -1)
-        prev[:, 1:] = np.maximum.accumulate(seen, axis=1)[:, :-1]
-        starts = present & ((prev < 0) | (t[None, :] - prev - 1 > self.max_gap_steps))
-        start = np.where(starts, t[None, :], -1).max(axis=1)
-        return np.where(start >= 0, self.capacity - start, 0)
+        out = np.empty(len(slots), dtype=np.int64)
+        _run_lengths(np.asarray(slots, dtype=np.int64), self._last, self._cnt, self.max_gap_steps, out)
+        return out
 
     def windows(self, names: list[str], length: int, history: np.ndarray | None = None) -> Windows:
         """Return the last ``length`` steps (fewer when history is shorter) of ``names``.
@@ -347,16 +342,8 @@ class WindowStore:
         slots = np.array([self._index[n] for n in names], dtype=np.int64)
         hist = self._histories(slots) if history is None else np.asarray(history, dtype=np.int64)
         lengths = np.minimum(hist, min(length, self.capacity))
-        t = np.arange(length)
-        steps = (self._last[slots] - lengths + 1)[:, None] + t[None, :]
-        valid = t[None, :] < lengths[:, None]
-        pos = steps % self.capacity
-        cnt = self._cnt[slots[:, None], pos]
-        mean = self._sum[slots[:, None], pos] / np.maximum(cnt, 1)
-        values = np.where(self._is_max, self._max[slots[:, None], pos], mean)
-        values[(cnt == 0) | ~valid[..., None]] = np.nan
-        values = _fill_along_time(values)
-        values[~valid] = 0.0
+        values = np.empty((len(slots), length, len(self.metrics)), dtype=np.float64)
+        _read(slots, lengths, self._last, self._sum, self._cnt, self._max, self._is_max, values)
         profiles = [c.PROFILES[int(p)] for p in self._profile[slots]]
         return Windows(list(names), profiles, values, lengths.astype(np.int64), self._last[slots].copy())
 
@@ -367,14 +354,62 @@ def _grow(array: np.ndarray, shape: tuple[int, ...], fill: float) -> np.ndarray:
     return out
 
 
-def _fill_along_time(values: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN along axis 1, then back-fill the leading NaN."""
-    n, t, m = values.shape
-    ok = ~np.isnan(values)
-    if ok.all():
-        return values  # complete windows, the usual case
-    idx = np.where(ok, np.arange(t)[None, :, None], -1)
-    np.maximum.accumulate(idx, axis=1, out=idx)
-    first_ok = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)  # (n, m)
-    idx = np.where(idx < 0, first_ok[:, None, :], idx)
-    return np.take_along_axis(values, idx, axis=1)
+@numba.njit(nogil=True, cache=True)
+def _run_lengths(slots: np.ndarray, last: np.ndarray, cnt: np.ndarray, max_gap: int, out: np.ndarray) -> None:
+    """Write :meth:`WindowStore._histories` of ``slots`` to ``out``: one pass over each ring."""
+    capacity, metrics = cnt.shape[1], cnt.shape[2]
+    for i, slot in enumerate(slots):
+        start, prev = -1, -1
+        for t in range(capacity):  # oldest step first
+            step = last[slot] - capacity + 1 + t
+            if step < 0:
+                continue
+            pos = step % capacity
+            present = False
+            for m in range(metrics):
+                present = present or cnt[slot, pos, m] > 0
+            if present:
+                if prev < 0 or t - prev - 1 > max_gap:
+                    start = t
+                prev = t
+        out[i] = capacity - start if start >= 0 else 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _read(
+    slots: np.ndarray,
+    lengths: np.ndarray,
+    last: np.ndarray,
+    sums: np.ndarray,
+    cnt: np.ndarray,
+    maxes: np.ndarray,
+    is_max: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Write the left-aligned windows of ``slots`` to ``out`` ``(servers, length, metrics)``.
+
+    Each step's value is its samples' max or mean. A step without one takes the previous step's
+    value; leading steps without one take the first value; a metric with no value in the window
+    stays NaN; steps past a server's length are zero.
+    """
+    capacity = cnt.shape[1]
+    length, metrics = out.shape[1], out.shape[2]
+    for i, slot in enumerate(slots):
+        n = lengths[i]
+        first = last[slot] - n + 1
+        for m in range(metrics):
+            carried, leading, pos = np.nan, 0, first % capacity
+            for t in range(n):
+                c = cnt[slot, pos, m]
+                value = np.nan if c == 0 else (maxes[slot, pos, m] if is_max[m] else sums[slot, pos, m] / c)
+                if np.isnan(value):
+                    value = carried
+                    if np.isnan(carried):
+                        leading = t + 1
+                carried = value
+                out[i, t, m] = value
+                pos = pos + 1 if pos + 1 < capacity else 0
+            for t in range(min(leading, n)):  # back-fill the leading steps from the first value
+                out[i, t, m] = carried if leading >= n else out[i, leading, m]
+            for t in range(n, length):
+                out[i, t, m] = 0.0
