@@ -1,5 +1,6 @@
 import copy
 
+import numba
 import numpy as np
 import polars as pl
 import pytest
@@ -7,17 +8,18 @@ import torch
 import torch.nn.functional as F
 from pytorch_forecasting.models.nn.rnn import LSTM
 from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
+    GateAddNorm,
     GatedResidualNetwork,
     InterpretableMultiHeadAttention,
 )
 
 from workbench import contract as c
-from workbench.inference import SOURCE_TFT, SOURCE_WARMING_UP
+from workbench.inference import SOURCE_TFT, SOURCE_WARMING_UP, fastmath, speedups, vsn_kernel
 from workbench.inference.engine import Engine
-from workbench.inference.forecast import SOURCE_MISSING
-from workbench.inference.fused_vsn import FusedVariableSelection, elu, norm_columns
+from workbench.inference.forecast import SOURCE_MISSING, postprocess
+from workbench.inference.fused_vsn import KERNEL_BLOCK, FusedVariableSelection, elu, norm_columns
 from workbench.inference.reference import reference_forecast, scaled_difference
-from workbench.inference.speedups import FullLengthLSTM, FusedAttention, FusedGRN
+from workbench.inference.speedups import FullLengthLSTM, FusedAttention, FusedGateAddNorm, FusedGRN
 from workbench.model import load_bundle
 
 
@@ -123,8 +125,11 @@ def test_fast_elu_and_column_norm_equal_the_stock_functions():
         np.testing.assert_allclose(norm_columns(x.T.clone(), norm).T, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch"])
 @pytest.mark.parametrize("context", ["per-server", "per-step", "none"])
-def test_fused_grn_equals_the_stock_grn(context):
+def test_fused_grn_equals_the_stock_grn(context, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(speedups, "_compiled_applies", lambda *tensors: False)
     grn = _randomised(GatedResidualNetwork(32, 32, 32, dropout=0.1, context_size=16))
     fused = FusedGRN(grn).eval()
     x = torch.randn(6, 20, 32)
@@ -142,6 +147,21 @@ def test_fused_grn_equals_the_stock_grn(context):
     ours = fused(x, ctx)
     torch.manual_seed(1)
     np.testing.assert_array_equal(ours.detach(), grn.train()(x, ctx).detach())
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch"])
+def test_fused_gate_add_norm_equals_the_stock_block(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(speedups, "_compiled_applies", lambda *tensors: False)
+    block = _randomised(GateAddNorm(32, dropout=0.1))
+    fused = FusedGateAddNorm(block).eval()
+    x, skip = torch.randn(5, 17, 32), torch.randn(5, 17, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x, skip), block(x, skip), atol=1e-5)
+        np.testing.assert_allclose(fused(x, skip[:, :1]), block(x, skip[:, :1]), atol=1e-5)  # a broadcast skip
+    assert FusedGateAddNorm.applies(block)
+    assert not FusedGateAddNorm.applies(GateAddNorm(32, trainable_add=True))
+    assert not FusedGateAddNorm.applies(GateAddNorm(32, skip_size=16))
 
 
 def test_fused_grn_applies_only_to_plain_grns():
@@ -172,10 +192,11 @@ def _causal_mask(encoder_lengths: torch.Tensor, encoder: int, decoder: int) -> t
     return torch.cat([padded[:, None, :].expand(b, decoder, encoder), future.expand(b, decoder, decoder)], dim=-1)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch"])
 @pytest.mark.parametrize("lengths", ["full", "unequal", "no-mask"])
-def test_fused_attention_equals_the_stock_attention(lengths):
+def test_fused_attention_equals_the_stock_attention(lengths, compiled):
     attn = _randomised(InterpretableMultiHeadAttention(n_head=4, d_model=32, dropout=0.1))
-    fused = FusedAttention(attn).eval()
+    fused = FusedAttention(attn, compiled=compiled).eval()
     b, encoder, decoder = 7, 20, 6
     enc = torch.full((b,), encoder) if lengths == "full" else torch.tensor([20, 3, 20, 11, 1, 20, 19])
     mask = None if lengths == "no-mask" else _causal_mask(enc, encoder, decoder)
@@ -192,12 +213,14 @@ def test_fused_attention_equals_the_stock_attention(lengths):
     np.testing.assert_array_equal(ours.detach(), attn.train()(q, k, k, mask)[0].detach())
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch"])
 @pytest.mark.parametrize("calendar", ["same-for-all", "per-server"])
-def test_fused_variable_selection_equals_the_stock_one(bundle, calendar):
+def test_fused_variable_selection_equals_the_stock_one(bundle, calendar, compiled):
     vsn = _randomised(copy.deepcopy(bundle.network.encoder_variable_selection))
     known = set(bundle.network.hparams.time_varying_reals_decoder)
-    fused = FusedVariableSelection(vsn, shared=sorted(known)).eval()
-    b, steps = 37, 24  # more servers than one chunk, the last chunk partial
+    fused = FusedVariableSelection(vsn, shared=sorted(known), compiled=compiled).eval()
+    # More servers than one chunk and more steps than one kernel block, the last ones partial.
+    b, steps = 37, KERNEL_BLOCK + 5
     gen = torch.Generator().manual_seed(5)
     inputs = {}
     for name in vsn.input_sizes:
@@ -211,3 +234,72 @@ def test_fused_variable_selection_equals_the_stock_one(bundle, calendar):
         ref, ref_weights = vsn(inputs, context)
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     np.testing.assert_allclose(ours_weights, ref_weights, atol=1e-6)
+
+
+def test_the_compiled_kernels_run_on_cpu_and_a_nan_input_stays_nan(bundle, monkeypatch):
+    vsn = _randomised(copy.deepcopy(bundle.network.encoder_variable_selection))
+    fused = FusedVariableSelection(vsn, shared=sorted(bundle.network.hparams.time_varying_reals_decoder)).eval()
+    calls = []
+    monkeypatch.setattr(vsn_kernel, "select", lambda *args: calls.append(args) or _real_select(*args))
+    inputs = {name: torch.randn(3, 10, 1) for name in vsn.input_sizes}
+    context = torch.randn(3, 1, vsn.context_size).expand(-1, 10, -1)
+    with torch.no_grad():
+        clean, _ = fused(inputs, context)
+        assert len(calls) == 1 and torch.isfinite(clean).all()
+        inputs[next(iter(inputs))][1, 4, 0] = float("nan")
+        poisoned, _ = fused(inputs, context)
+    assert len(calls) == 1, "a NaN input must not reach the fast-math kernel"
+    assert torch.isnan(poisoned[1, 4]).all() and torch.isfinite(poisoned[0]).all()
+
+
+_real_select = vsn_kernel.select
+
+
+@numba.njit
+def _apply(kind, x, out):
+    for i in range(x.size):
+        if kind == 0:
+            out[i] = fastmath.exp(x[i])
+        elif kind == 1:
+            out[i] = fastmath.sigmoid(x[i])
+        elif kind == 2:
+            out[i] = fastmath.elu(x[i])
+        else:
+            out[i] = fastmath.tanh(x[i])
+
+
+@pytest.mark.parametrize(
+    ("kind", "reference", "rel"),
+    [
+        (0, np.exp, 5e-7),
+        (1, lambda x: 1 / (1 + np.exp(-x)), None),
+        (2, lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))), 5e-7),
+        (3, np.tanh, 5e-7),
+    ],
+    ids=["exp", "sigmoid", "elu", "tanh"],
+)
+def test_kernel_math_is_within_a_few_float32_ulps(kind, reference, rel):
+    """The vectorisable exp/sigmoid/elu/tanh of the compiled kernels against float64 numpy."""
+    x = np.linspace(-40, 40, 400_001).astype(np.float32)
+    out = np.empty_like(x)
+    _apply(kind, x, out)
+    expected = reference(x.astype(np.float64))
+    error = np.abs(out - expected)
+    assert (error <= 4e-7 * np.maximum(np.abs(expected), 1.0)).all()  # a few ulps at the scale of 1
+    if rel is not None:  # and relative to the value, however small
+        assert (error <= rel * np.abs(expected)).all()
+
+
+def test_postprocess_clips_orders_and_names_non_finite_targets():
+    targets = ("cpu_pct", "latency_ms")
+    rng = np.random.default_rng(3)
+    raw = rng.normal(50, 80, size=(4, 2, 5, 3)).astype(np.float32)  # crossing quantiles, out of range
+    out = postprocess(raw, targets)
+    expected = np.sort(raw.astype(np.float64), axis=-1)
+    for j, name in enumerate(targets):
+        metric = c.METRIC_BY_NAME[name]
+        expected[:, j] = np.clip(expected[:, j], metric.low, np.inf if metric.high is None else metric.high)
+    np.testing.assert_array_equal(out, expected)
+    raw[2, 1, 3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"non-finite forecasts for \['latency_ms'\]"):
+        postprocess(raw, targets)

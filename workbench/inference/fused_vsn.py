@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
@@ -33,7 +34,10 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 )
 from torch import nn
 
+from workbench.inference import vsn_kernel
+
 SERVERS_PER_CHUNK = 16  # keeps the (variables, rows, hidden) intermediates in cache
+KERNEL_BLOCK = 96  # rows per block of the compiled kernel: its intermediates stay in L1/L2
 
 
 def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -252,7 +256,7 @@ class _Weights(nn.Module):
 class FusedVariableSelection(nn.Module):
     """Drop-in replacement of a real-input ``VariableSelectionNetwork`` for inference."""
 
-    def __init__(self, vsn: VariableSelectionNetwork, shared: Sequence[str] = ()) -> None:
+    def __init__(self, vsn: VariableSelectionNetwork, shared: Sequence[str] = (), compiled: bool = True) -> None:
         super().__init__()
         self.names = list(vsn.input_sizes)
         self.shared = [i for i, n in enumerate(self.names) if n in shared]
@@ -260,6 +264,8 @@ class FusedVariableSelection(nn.Module):
         self.variables = nn.ModuleList(_Variable(vsn.prescalers[n], vsn.single_variable_grns[n]) for n in self.names)
         self.weights = _Weights(vsn, self.names)
         self.hidden = int(vsn.hidden_size)
+        self.compiled = compiled
+        self._params: tuple[Any, ...] | None = None
 
     def forward(self, x: dict[str, torch.Tensor], context: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         """Return the selected embedding ``(b, T, hidden)`` and the variable weights ``(b, T, 1, V)``."""
@@ -267,6 +273,8 @@ class FusedVariableSelection(nn.Module):
         if values.dim() != 3:
             raise ValueError(f"expected (batch, time, variables) inputs, got {tuple(values.shape)}")
         per_server = _per_server(context)
+        if self.compiled and _kernel_applies(values, context, per_server):
+            return self._compiled(values, per_server)
         tables = {i: self._shared_table(values[..., i], i) for i in self.shared}
         b, steps, n_vars = values.shape
         selected = values.new_empty(b, steps, self.hidden)
@@ -278,6 +286,54 @@ class FusedVariableSelection(nn.Module):
             selected[part] = acc.T.view(-1, steps, self.hidden)
             weights[part] = w.T.view(-1, steps, n_vars)
         return selected, weights.unsqueeze(-2)
+
+    def _compiled(self, values: torch.Tensor, per_server: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """The forward pass in the compiled kernel (CPU, float32, finite values)."""
+        b, steps, n_vars = values.shape
+        if self._params is None:
+            self._params = _kernel_params(self)
+        own, op, wp, wn = self._params
+        hidden_w = wp[0].shape[1]
+        if per_server is None or self.weights.context is None:
+            context = np.zeros((b, hidden_w), dtype=np.float32)
+        else:
+            context = self.weights.context(per_server[:, 0]).detach().contiguous().numpy()
+        tables, index = self._kernel_tables(values)
+        selected = values.new_empty(b, steps, self.hidden)
+        weights = values.new_empty(b, steps, n_vars)
+        vsn_kernel.select(
+            values.contiguous().numpy(),
+            context,
+            own,
+            op,
+            wp,
+            wn,
+            np.asarray(self.shared, dtype=np.int64),
+            tables,
+            index,
+            selected.numpy(),
+            weights.numpy(),
+            KERNEL_BLOCK,
+        )
+        return selected, weights.unsqueeze(-2)
+
+    def _kernel_tables(self, values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs ``(shared, hidden, distinct)`` of the time-only variables and each row's ``distinct`` index."""
+        b, steps, _ = values.shape
+        rows, index = [], np.empty((len(self.shared), b, steps), dtype=np.int64)
+        for k, i in enumerate(self.shared):
+            column = values[..., i]
+            if bool((column == column[:1]).all()):
+                distinct, index[k] = column[0], np.arange(steps)
+            else:
+                distinct, inverse = torch.unique(column, return_inverse=True)
+                index[k] = inverse.numpy()
+            rows.append(self.variables[i](distinct))
+        size = max((len(r) for r in rows), default=1)
+        tables = np.zeros((len(rows), self.hidden, size), dtype=np.float32)
+        for k, r in enumerate(rows):
+            tables[k, :, : len(r)] = r.detach().numpy().T
+        return tables, index
 
     def _chunk(
         self, values: torch.Tensor, context: torch.Tensor | None, shared: dict[int, torch.Tensor]
@@ -303,6 +359,69 @@ class FusedVariableSelection(nn.Module):
         distinct, inverse = torch.unique(column, return_inverse=True)
         table = self.variables[i](distinct).T.contiguous()  # (hidden, distinct)
         return lambda part: table[:, inverse[part]]
+
+
+def _kernel_applies(values: torch.Tensor, context: torch.Tensor | None, per_server: torch.Tensor | None) -> bool:
+    """Whether the compiled kernel computes this call: CPU float32 finite values, a per-server context, no autograd."""
+    return (
+        not (torch.is_grad_enabled() and values.requires_grad)
+        and values.device.type == "cpu"
+        and values.dtype == torch.float32
+        and (context is None or per_server is not None)
+        and bool(torch.isfinite(values).all())
+    )
+
+
+def _kernel_params(vsn: FusedVariableSelection) -> tuple[Any, ...]:
+    """The collapsed parameters as the kernel's numpy arrays: own indices, own, weight GRN, its norms."""
+    variables: list[_Variable] = [vsn.variables[i] for i in vsn.own]  # type: ignore[misc]
+    first: _Variable = vsn.variables[0]  # type: ignore[assignment]
+    inner, hidden = first.u.numel(), vsn.hidden
+
+    def stack(parts: list[np.ndarray], shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        return np.ascontiguousarray(np.stack(parts) if parts else np.zeros((0, *shape)), dtype=dtype)
+
+    lines, moments = [], []
+    for v in variables:
+        if isinstance(v.residual, _NormedLine):
+            lines.append(np.stack([_np(v.residual.beta), _np(v.residual.pg), _np(v.residual.qg)]))
+            moments.append(np.array(v.residual.moments))
+        else:  # p·x + q: the normed form with unit scale
+            lines.append(np.stack([np.zeros(hidden, np.float32), _np(v.residual.p), _np(v.residual.q)]))
+            moments.append(np.array([0.0, 0.0, 1.0]))
+    own = (
+        stack([_np(v.u) for v in variables], (inner,)),
+        stack([_np(v.w) for v in variables], (inner,)),
+        stack([_np(v.PQ) for v in variables], (2 * hidden, inner + 1)),
+        stack(lines, (3, hidden)),
+        stack(moments, (3,), np.float64),
+        stack([_norm_weight(v.out_norm) for v in variables], (hidden,)),
+        stack([_norm_bias(v.out_norm) for v in variables], (hidden,)),
+        np.array([v.out_norm.eps for v in variables], dtype=np.float32),
+    )
+    w = vsn.weights
+    weight_grn = tuple(_np(t) for t in (w.A, w.d, w.G, w.g, w.R, w.r))
+    norms = (
+        _norm_weight(w.res_norm),
+        _norm_bias(w.res_norm),
+        _norm_weight(w.out_norm),
+        _norm_bias(w.out_norm),
+        np.float32(w.res_norm.eps),
+        np.float32(w.out_norm.eps),
+    )
+    return np.asarray(vsn.own, dtype=np.int64), own, weight_grn, norms
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+
+def _norm_weight(norm: nn.LayerNorm) -> np.ndarray:
+    return _np(norm.weight) if norm.weight is not None else np.ones(norm.normalized_shape, np.float32)
+
+
+def _norm_bias(norm: nn.LayerNorm) -> np.ndarray:
+    return _np(norm.bias) if norm.bias is not None else np.zeros(norm.normalized_shape, np.float32)
 
 
 def _per_server(context: torch.Tensor | None) -> torch.Tensor | None:

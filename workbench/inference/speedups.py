@@ -12,10 +12,12 @@ Profiling the stock network on a fleet (1,000 servers × 384 steps) shows two ho
 around each scalar input and evaluates time-only inputs once per distinct row;
 :class:`FusedGRN` merges a gated residual network's ``fc2`` and gate ``Linear`` into one product
 and projects a static context once per server instead of per step; :class:`FusedAttention`
-projects all heads in one product and, since the heads share their values, materialises the
-weights of a few servers at a time and multiplies them by the values in one product per
-server; :class:`FullLengthLSTM` skips packing when every sequence has the full length. All read
-the original modules' weights and compute the same function; only floating-point rounding
+projects all heads in one product and, since the heads share their values, takes each query's
+softmax over the keys and its product with the values per server, summed over heads;
+:class:`FullLengthLSTM` skips packing when every sequence has the full length. On CPU the
+variable selection and the attention core run in compiled kernels (numba) that release the
+GIL, so the engine's batches in parallel threads do not wait on each other. All read the
+original modules' weights and compute the same function; only floating-point rounding
 differs. :func:`optimise` applies them to a copy of the network, leaving the original intact
 (the reference path keeps using it), and keeps the stock module wherever a module's
 assumptions do not hold (inputs that are not all plain reals, other GRN variants, training mode).
@@ -32,12 +34,13 @@ import torch.nn.functional as F
 from pytorch_forecasting import TemporalFusionTransformer
 from pytorch_forecasting.models.nn.rnn import LSTM
 from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
+    GateAddNorm,
     GatedResidualNetwork,
     InterpretableMultiHeadAttention,
 )
 from torch import nn
 
-from workbench.inference import fused_vsn
+from workbench.inference import attention_kernel, fused_vsn, gate_kernel
 from workbench.inference.fused_vsn import elu, is_unit_elu
 
 ATTENTION_SERVERS_PER_CHUNK = 4  # servers whose (heads, queries, keys) weights are materialised at once
@@ -54,6 +57,9 @@ def optimise(network: TemporalFusionTransformer) -> TemporalFusionTransformer:
     for name in ("static_enrichment", "pos_wise_ff"):
         if FusedGRN.applies(getattr(fast, name)):
             setattr(fast, name, FusedGRN(getattr(fast, name)))
+    for name, child in list(fast.named_children()):
+        if FusedGateAddNorm.applies(child):
+            setattr(fast, name, FusedGateAddNorm(child))
     for name in ("lstm_encoder", "lstm_decoder"):
         if isinstance(getattr(fast, name), LSTM):
             setattr(fast, name, FullLengthLSTM(getattr(fast, name)))
@@ -98,10 +104,62 @@ class FusedGRN(nn.Module):
         hidden = g.fc1(x)
         if context is not None:
             hidden = _add(hidden, g.context(_once_per_server(context)))
-        gated = F.glu(F.linear(elu(hidden), self.weight, self.bias), dim=-1)
-        norm = g.gate_norm.add_norm.norm
-        skip = x if residual is None else residual
-        return F.layer_norm(_add(gated, skip), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        gated = F.linear(elu(hidden), self.weight, self.bias)
+        return glu_add_norm(gated, x if residual is None else residual, g.gate_norm.add_norm.norm)
+
+
+class FusedGateAddNorm(nn.Module):
+    """A ``GateAddNorm`` (``LayerNorm(GLU(x) + skip)``) whose GLU, addition and norm are one pass.
+
+    In training mode the stock module runs.
+    """
+
+    def __init__(self, block: GateAddNorm) -> None:
+        super().__init__()
+        self.block = block
+
+    @staticmethod
+    def applies(block: nn.Module) -> bool:
+        """Whether ``block`` is a plain ``GateAddNorm``: no resampled skip, no trainable add."""
+        if not isinstance(block, GateAddNorm):
+            return False
+        return not hasattr(block.add_norm, "resample") and not block.add_norm.trainable_add
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Same as the wrapped block's forward."""
+        if self.training:
+            return self.block(x, skip)
+        fc = self.block.glu.fc
+        return glu_add_norm(F.linear(x, fc.weight, fc.bias), skip, self.block.add_norm.norm)
+
+
+def glu_add_norm(gated: torch.Tensor, skip: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(F.glu(gated) + skip)``: in one compiled pass on CPU, else in torch.
+
+    Args:
+        gated: ``(..., 2H)``, the GLU's input.
+        skip: ``(..., H)`` or a shape that broadcasts to it.
+        norm: A ``LayerNorm`` over ``H`` features.
+
+    Returns:
+        The normed sum, shaped like the GLU's output.
+    """
+    hidden = gated.size(-1) // 2
+    shape = (*gated.shape[:-1], hidden)
+    if skip.shape == shape and norm.weight is not None and norm.bias is not None and _compiled_applies(gated, skip):
+        out = gated.new_empty(shape)
+        rows = out.numel() // max(hidden, 1)
+        gate_kernel.glu_add_norm(
+            gated.reshape(rows, 2 * hidden).numpy(),
+            skip.reshape(rows, hidden).numpy(),
+            norm.weight.detach().numpy(),
+            norm.bias.detach().numpy(),
+            norm.eps,
+            out.view(rows, hidden).numpy(),
+        )
+        return out
+    summed = _add(F.glu(gated, dim=-1), skip)
+    return F.layer_norm(summed, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _once_per_server(context: torch.Tensor) -> torch.Tensor:
@@ -149,12 +207,15 @@ class FusedAttention(nn.Module):
     Scores, softmax and that product run a few servers at a time in reused buffers that stay
     in cache; the product is taken as ``vᵀ·pᵀ``, a shape the CPU BLAS handles far better. The
     mask adds ``mask_bias`` like the stock ``masked_fill`` (the same result unless a query sees
-    no key at all). In training mode, or with an unexpected mask, the stock module runs.
+    no key at all). On CPU (float32, no autograd) and with ``compiled``, the scores, softmax and
+    value products run in :func:`~workbench.inference.attention_kernel.attend` instead. In
+    training mode, or with an unexpected mask, the stock module runs.
     """
 
-    def __init__(self, attn: InterpretableMultiHeadAttention) -> None:
+    def __init__(self, attn: InterpretableMultiHeadAttention, compiled: bool = True) -> None:
         super().__init__()
         self.attn = attn
+        self.compiled = compiled
         self.n_head, self.d_k = attn.n_head, attn.d_k
         self.mask_bias = float(getattr(attn, "mask_bias", -1e9))
         self.v_layer = attn.v_layer
@@ -169,6 +230,8 @@ class FusedAttention(nn.Module):
         b, tq, tk, h = q.size(0), q.size(1), k.size(1), self.n_head
         if self.training or q.dim() != 3 or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 3)):
             return self.attn(q, k, v, mask)
+        if self.compiled and _compiled_applies(q, k, v):
+            return self._compiled(q, k, v, mask)
         values = self.v_layer(v).transpose(1, 2).contiguous()  # (b, d_v, tk)
         queries = self.q(q).view(b, tq, h, self.d_k).transpose(1, 2).reshape(b * h, tq, self.d_k)
         keys = self.k(k).view(b, tk, h, self.d_k).permute(0, 2, 3, 1).reshape(b * h, self.d_k, tk)
@@ -187,18 +250,43 @@ class FusedAttention(nn.Module):
         # Attention weights only feed interpretation plots, never the forecast.
         return outputs, torch.zeros((), dtype=q.dtype, device=q.device).expand(b, tq, h, tk)
 
+    def _compiled(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass with the scores, softmax and value products in the compiled kernel."""
+        b, tq, tk, h = q.size(0), q.size(1), k.size(1), self.n_head
+        queries = self.q(q).view(b, tq, h, self.d_k)
+        keys = self.k(k).view(b, tk, h, self.d_k)
+        values = self.v_layer(v).contiguous()
+        heads = q.new_empty(b, tq, values.size(-1))
+        bias = self._bias(mask, b, tq, tk, q)
+        attention_kernel.attend(queries.numpy(), keys.numpy(), values.numpy(), bias.numpy(), heads.numpy())
+        outputs = F.linear(heads, self.w_h)
+        return outputs, torch.zeros((), dtype=q.dtype, device=q.device).expand(b, tq, h, tk)
+
+    def _bias(self, mask: torch.Tensor | None, b: int, tq: int, tk: int, like: torch.Tensor) -> torch.Tensor:
+        """The additive mask: ``(1, tq, tk)`` when every server has the same, else ``(b, tq, tk)``."""
+        if mask is None:
+            return like.new_zeros(1, tq, tk)
+        if _same_for_every_server(mask):  # the usual case: every server has full windows
+            return like.new_zeros(1, tq, tk).masked_fill_(mask[:1], self.mask_bias)
+        return like.new_zeros(b, tq, tk).masked_fill_(mask, self.mask_bias)
+
     def _mask_bias(
         self, mask: torch.Tensor | None, b: int, tq: int, tk: int, like: torch.Tensor
     ) -> tuple[Callable[[int], torch.Tensor], int]:
         """The additive mask of the servers from ``lo`` on, and how many servers to take at once."""
-        if mask is None:
-            zero = like.new_zeros(tq, tk)
-            return (lambda lo: zero), ATTENTION_SERVERS_PER_CHUNK
-        if _same_for_every_server(mask):  # the usual case: every server has full windows
-            shared = like.new_zeros(tq, tk).masked_fill_(mask[0], self.mask_bias)
-            return (lambda lo: shared), ATTENTION_SERVERS_PER_CHUNK
-        per_server = like.new_zeros(b, tq, tk).masked_fill_(mask, self.mask_bias)
-        return (lambda lo: per_server[lo]), 1
+        bias = self._bias(mask, b, tq, tk, like)
+        if bias.size(0) == 1:
+            return (lambda lo: bias[0]), ATTENTION_SERVERS_PER_CHUNK
+        return (lambda lo: bias[lo]), 1
+
+
+def _compiled_applies(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels take a call: float32 CPU tensors and no autograd."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and not (
+        torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    )
 
 
 def _same_for_every_server(mask: torch.Tensor) -> bool:
