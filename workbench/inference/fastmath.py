@@ -43,22 +43,20 @@ _BETA = tuple(_F(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.2684
 
 
 @numba.njit(inline="always", **JIT)
+def _horner(x: Scalar, coefficients: tuple[Scalar, ...]) -> Scalar:
+    """The polynomial with ``coefficients`` (highest degree first) at ``x``."""
+    p = coefficients[0]
+    for c in coefficients[1:]:
+        p = p * x + c
+    return p
+
+
+@numba.njit(inline="always", **JIT)
 def tanh(x: Scalar) -> Scalar:
     """A rational minimax ``tanh`` for float32 (odd degree 13 over even degree 6)."""
     x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
     x2 = x * x
-    p = _ALPHA[0]
-    p = p * x2 + _ALPHA[1]
-    p = p * x2 + _ALPHA[2]
-    p = p * x2 + _ALPHA[3]
-    p = p * x2 + _ALPHA[4]
-    p = p * x2 + _ALPHA[5]
-    p = p * x2 + _ALPHA[6]
-    q = _BETA[0]
-    q = q * x2 + _BETA[1]
-    q = q * x2 + _BETA[2]
-    q = q * x2 + _BETA[3]
-    return x * p / q
+    return x * _horner(x2, _ALPHA) / _horner(x2, _BETA)
 
 
 @numba.njit(inline="always", **JIT)
@@ -99,11 +97,4 @@ def exp(x: Scalar) -> Scalar:
     x = min(max(x, _EXP_MIN), _EXP_MAX)
     n = np.floor(x * _LOG2E + _F(0.5))
     f = (x - n * _LN2_HI) - n * _LN2_LO
-    p = _TAYLOR[0]
-    p = p * f + _TAYLOR[1]
-    p = p * f + _TAYLOR[2]
-    p = p * f + _TAYLOR[3]
-    p = p * f + _TAYLOR[4]
-    p = p * f + _TAYLOR[5]
-    p = p * f + _TAYLOR[6]
-    return p * _float32_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # 2^n
+    return _horner(f, _TAYLOR) * _float32_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # 2^n
