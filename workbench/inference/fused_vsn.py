@@ -292,7 +292,7 @@ class FusedVariableSelection(nn.Module):
         b, steps, n_vars = values.shape
         if self._params is None:
             self._params = _kernel_params(self)
-        own, op, wp, wn = self._params
+        own, shared, op, wp, wn = self._params
         hidden_w = wp[0].shape[1]
         if per_server is None or self.weights.context is None:
             context = np.zeros((b, hidden_w), dtype=np.float32)
@@ -308,7 +308,7 @@ class FusedVariableSelection(nn.Module):
             op,
             wp,
             wn,
-            np.asarray(self.shared, dtype=np.int64),
+            shared,
             tables,
             index,
             selected.numpy(),
@@ -322,12 +322,8 @@ class FusedVariableSelection(nn.Module):
         b, steps, _ = values.shape
         rows, index = [], np.empty((len(self.shared), b, steps), dtype=np.int64)
         for k, i in enumerate(self.shared):
-            column = values[..., i]
-            if bool((column == column[:1]).all()):
-                distinct, index[k] = column[0], np.arange(steps)
-            else:
-                distinct, inverse = torch.unique(column, return_inverse=True)
-                index[k] = inverse.numpy()
+            distinct, inverse = _distinct(values[..., i])
+            index[k] = np.arange(steps) if inverse is None else inverse.numpy()
             rows.append(self.variables[i](distinct))
         size = max((len(r) for r in rows), default=1)
         tables = np.zeros((len(rows), self.hidden, size), dtype=np.float32)
@@ -353,12 +349,24 @@ class FusedVariableSelection(nn.Module):
 
     def _shared_table(self, column: torch.Tensor, i: int) -> Any:
         """Outputs ``(hidden, servers, T)`` of a time-only variable, computed once per distinct row."""
-        if bool((column == column[:1]).all()):
-            row = self.variables[i](column[0]).T  # (hidden, T)
+        distinct, inverse = _distinct(column)
+        if inverse is None:
+            row = self.variables[i](distinct).T  # (hidden, T)
             return lambda part: row[:, None, :]
-        distinct, inverse = torch.unique(column, return_inverse=True)
         table = self.variables[i](distinct).T.contiguous()  # (hidden, distinct)
         return lambda part: table[:, inverse[part]]
+
+
+def _distinct(column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A time-only column's distinct values and each entry's index among them.
+
+    When every server has the same row (the usual case), that row and ``None``: entry ``(b, t)``
+    is then value ``t``.
+    """
+    if bool((column == column[:1]).all()):
+        return column[0], None
+    distinct, inverse = torch.unique(column, return_inverse=True)
+    return distinct, inverse
 
 
 def _kernel_applies(values: torch.Tensor, context: torch.Tensor | None, per_server: torch.Tensor | None) -> bool:
@@ -373,7 +381,7 @@ def _kernel_applies(values: torch.Tensor, context: torch.Tensor | None, per_serv
 
 
 def _kernel_params(vsn: FusedVariableSelection) -> tuple[Any, ...]:
-    """The collapsed parameters as the kernel's numpy arrays: own indices, own, weight GRN, its norms."""
+    """The kernel's numpy arrays: own and shared indices, own variables, the weight GRN, its norms."""
     variables: list[_Variable] = [vsn.variables[i] for i in vsn.own]  # type: ignore[misc]
     first: _Variable = vsn.variables[0]  # type: ignore[assignment]
     inner, hidden = first.u.numel(), vsn.hidden
@@ -409,7 +417,8 @@ def _kernel_params(vsn: FusedVariableSelection) -> tuple[Any, ...]:
         np.float32(w.res_norm.eps),
         np.float32(w.out_norm.eps),
     )
-    return np.asarray(vsn.own, dtype=np.int64), own, weight_grn, norms
+    indices = (np.asarray(vsn.own, dtype=np.int64), np.asarray(vsn.shared, dtype=np.int64))
+    return (*indices, own, weight_grn, norms)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
