@@ -202,7 +202,7 @@ def test_training_refuses_a_target_without_values(tiny_fleet):
         ({"targets": ["cpu_pct", "load_average"]}, "unknown metric"),
         ({"targets": []}, "at least one metric"),
         ({"hidden_sise": 8}, r"unknown setting\(s\) \['hidden_sise'\]; allowed: targets"),
-        ({"precision": "8-bit"}, "precision: allowed 32-true"),
+        ({"precision": "8-bit"}, "precision: allowed auto, 32-true"),
         ({"horizon": 48}, "fixes it at 96"),
         ({"min_encoder_length": 300}, "min_encoder_length <= max_encoder_length"),
         ({"quantiles": [0.1, 0.9]}, "three with 0.5"),

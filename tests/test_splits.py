@@ -186,16 +186,23 @@ def test_max_time_setting_is_validated():
 def test_validation_keeps_a_few_spread_history_lengths_per_server(tiny_fleet):
     from workbench.features import TIME_IDX, to_model_frame
     from workbench.model import TrainConfig
-    from workbench.model.dataset import DatasetSpec
-    from workbench.model.train import split_point, thin_validation
+    from workbench.model.sampler import validation_windows
+    from workbench.model.series import SeriesTable, valid_windows
+    from workbench.model.train import split_point
 
     config = TrainConfig.preset("tiny", targets=("cpu_pct",))
     frame = to_model_frame(tiny_fleet, config.targets)
     cutoff = split_point(frame, config)
-    full = DatasetSpec.fit(frame[frame[TIME_IDX] <= cutoff], config).build(frame, min_prediction_idx=cutoff + 1)
-    assert thin_validation(full, config) is full  # 0: every length
-    thin = thin_validation(full, config.replace(val_encoder_lengths=4))
-    index = thin.decoded_index
-    lengths = index["time_idx_first_prediction"] - index["time_idx_first"]
-    assert sorted(set(lengths)) == [12, 24, 36, 48]  # min..max encoder length of the tiny preset
-    assert len(thin) == 8 * 4 < len(full) == 8 * (48 - 12 + 1)
+    table = SeriesTable.from_model_frame(
+        frame, config.targets, {p: i for i, p in enumerate(sorted(set(frame.profile)))}
+    )
+    lengths = {"min_encoder": config.min_encoder_length, "max_encoder": config.max_encoder_length}
+    windows = valid_windows(table, **lengths, horizon=config.horizon, first_decoder_step=cutoff + 1)
+    assert len(windows) == 8  # one decoder per server: the last 96 steps
+    assert (table.step_of(windows.decoder_start, windows.series) == cutoff + 1).all()
+    every, every_length = validation_windows(windows, **lengths, count=0)
+    assert len(every) == 8 * (48 - 12 + 1) and sorted(set(every_length)) == list(range(12, 49))
+    thin, thin_length = validation_windows(windows, **lengths, count=4)
+    assert sorted(set(thin_length)) == [12, 24, 36, 48]  # min..max encoder length of the tiny preset
+    assert len(thin) == 8 * 4
+    assert int(frame[TIME_IDX].max()) == cutoff + config.horizon

@@ -141,8 +141,9 @@ def train(
     and recorded in OUT/training.json for the evaluation. Settings are listed in
     ``workbench.model.TrainConfig``; any of them can be given with --set or in --config.
     """
-    from workbench.data import read_frame
+    from workbench.data import read_frame, read_incidents
     from workbench.model import TrainConfig, save_bundle
+    from workbench.model.train import is_main_process
     from workbench.model.train import train as fit
 
     settings: dict[str, Any] = dict(yaml.safe_load(config_file.read_text()) or {}) if config_file else {}
@@ -159,7 +160,10 @@ def train(
             raise click.UsageError("--holdout-days and --holdout-servers go together")
         share = parse_test_servers(holdout_servers)
         holdout = make_holdout(frame, test_days=holdout_days, test_servers=share, seed=config.seed)
-    bundle = fit(frame, config, holdout=holdout, progress=progress, log_dir=log_dir)
+    incidents = read_incidents(data) if config.sampling == "incidents" else None
+    bundle = fit(frame, config, holdout=holdout, incidents=incidents, progress=progress, log_dir=log_dir)
+    if not is_main_process():  # the other ranks of a distributed run leave the bundle to rank 0
+        return
     path = save_bundle(bundle, out)
     t = bundle.training
     click.echo(

@@ -23,6 +23,8 @@ CONTRACT_VERSION = "1.0.0"
 STEP_SECONDS = 300
 HORIZON_STEPS = 96
 MAX_ENCODER_STEPS = 288
+# Longest run of missing steps carried forward; a longer gap restarts a series' history (and warm-up).
+MAX_GAP_STEPS = 6
 
 TIMESTAMP = "timestamp"
 SERVER = "server_name"

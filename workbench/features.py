@@ -17,6 +17,7 @@ from workbench import contract as c
 from workbench.errors import ContractError, Issue
 
 TIME_IDX = "time_idx"
+OBSERVED = "observed"  # whether a sample fell into the step (else the row is carried forward)
 KNOWN_REALS: tuple[str, ...] = ("hour_sin", "hour_cos", "dow_sin", "dow_cos", "is_weekend")
 _DAY_S = 86_400
 _WEEK_S = 7 * _DAY_S
@@ -51,7 +52,10 @@ def to_model_frame(frame: pl.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
     """Turn a validated contract frame into the pandas frame pytorch-forecasting consumes.
 
     Rows are bucketed onto the step grid (:func:`workbench.contract.to_grid`), sorted by server
-    and time; a missing target value is carried forward from the server's previous step.
+    and time, with one row for every step from a server's first to its last observation: a
+    step without a sample (column :data:`OBSERVED` false) and a missing target value are
+    carried forward from the server's previous step, as the inference engine's windows read
+    them, while the calendar covariates are those of the step itself.
 
     Args:
         frame: A frame returned by :func:`workbench.contract.validate`.
@@ -62,10 +66,20 @@ def to_model_frame(frame: pl.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
     """
     targets = c.check_metric_names(targets, what="target")
     ts = pl.col(c.TIMESTAMP).dt.epoch("s")
+    observed = c.to_grid(frame).select(
+        c.SERVER, c.PROFILE, *targets, (ts // c.STEP_SECONDS).alias(TIME_IDX), pl.lit(True).alias(OBSERVED)
+    )
+    steps = (
+        observed.group_by(c.SERVER)
+        .agg(pl.int_ranges(pl.col(TIME_IDX).min(), pl.col(TIME_IDX).max() + 1).alias(TIME_IDX))
+        .explode(TIME_IDX)
+    )
     data = (
-        c.to_grid(frame)
-        .select(c.SERVER, c.PROFILE, *targets, (ts // c.STEP_SECONDS).alias(TIME_IDX))
-        .with_columns(pl.col(t).forward_fill().over(c.SERVER) for t in targets)
+        steps.join(observed, on=[c.SERVER, TIME_IDX], how="left")
+        .sort(c.SERVER, TIME_IDX)
+        .with_columns(pl.col(OBSERVED).fill_null(False))
+        .with_columns(pl.col(x).forward_fill().over(c.SERVER) for x in (c.PROFILE, *targets))
+        .select(c.SERVER, c.PROFILE, *targets, TIME_IDX, OBSERVED)
     )
     _check_targets_present(data, targets)
     pdf = data.to_pandas()

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from workbench import contract as c
 from workbench.inference.forecast import Forecast, postprocess
 from workbench.inference.inputs import build_inputs
 from workbench.inference.speedups import optimise
@@ -69,7 +70,7 @@ class Engine:
         bundle: Bundle,
         *,
         batch_size: int | None = None,
-        max_gap_steps: int = 6,
+        max_gap_steps: int = c.MAX_GAP_STEPS,
         max_servers: int = 100_000,
         fast: bool = True,
         workers: int | None = None,

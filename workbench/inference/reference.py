@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -15,6 +12,7 @@ from workbench import contract as c
 from workbench.features import TIME_IDX, to_model_frame, with_future
 from workbench.inference.forecast import Forecast, postprocess
 from workbench.model.bundle import Bundle
+from workbench.model.train import quiet_lightning
 
 
 def history_lengths(model_frame: pd.DataFrame) -> pd.Series:
@@ -46,7 +44,7 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
         return _empty(bundle, warming)
     dataset = spec.build(with_future(model_frame, spec.horizon), predict=True)
     device = next(bundle.network.parameters()).device
-    with warnings.catch_warnings(), _quiet_lightning():
+    with warnings.catch_warnings(), quiet_lightning():
         warnings.filterwarnings("ignore", r".*does not have many workers.*")
         pred = bundle.network.predict(
             dataset,
@@ -70,18 +68,6 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
         warming_up=warming,
         min_history=spec.min_encoder_length,
     )
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    # model.predict builds a Trainer, which logs its hardware and tips at INFO on every call.
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:

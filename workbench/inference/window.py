@@ -72,7 +72,7 @@ class WindowStore:
         capacity: int,
         metrics: tuple[str, ...] = c.METRIC_NAMES,
         *,
-        max_gap_steps: int = 6,
+        max_gap_steps: int = c.MAX_GAP_STEPS,
         max_servers: int = 100_000,
         idle_steps: int | None = None,
     ) -> None:

@@ -13,7 +13,8 @@ import yaml
 from workbench import contract as c
 from workbench.errors import ConfigError
 
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "64-true")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
+SAMPLINGS = ("uniform", "incidents")
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,26 @@ class TrainConfig:
         max_epochs: Upper bound on epochs; early stopping usually ends sooner.
         patience: Epochs without validation improvement before stopping.
         max_time_minutes: Wall-clock bound on the fit (Lightning's ``max_time``); ``None``: no bound.
-        limit_train_batches: Batches per epoch (an int) or fraction of them (a float).
+        limit_train_batches: Batches per epoch on each rank (an int), or a share of one pass over
+            the training windows (a float).
         limit_val_batches: Validation batches (an int) or fraction (a float).
         validation_steps: Trailing steps of every series held out for validation.
         val_encoder_lengths: History lengths validated per server, spread evenly from
             ``min_encoder_length`` to ``max_encoder_length`` plus each server's longest (0: every
             length, one validation window per step of history, which is slow at 288 steps).
         randomize_length: Train on randomly shortened histories so that warm-up forecasts are good.
+        sampling: How training windows are drawn: ``uniform``, or ``incidents`` (windows whose
+            decoder holds an incident's precursor or onset weigh ``incident_weight``; needs the
+            data's ``incidents.parquet``). Validation is never re-weighted.
+        incident_weight: Weight of an incident window under ``sampling="incidents"``.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``cuda``, ...).
         devices: Lightning devices (``auto``, a count, or a list as text).
+        num_nodes: Machines of a multi-node run (Lightning's ``num_nodes``).
         strategy: Lightning strategy (``auto``, ``ddp``, ...).
-        precision: Lightning precision.
-        num_workers: Data-loader workers.
+        precision: Lightning precision; ``auto`` is ``bf16-mixed`` on a CUDA device with bf16,
+            else ``32-true``.
+        num_workers: Processes that gather batches (0: in the training process, which is
+            usually fastest: a batch takes milliseconds).
         seed: Seed of every random choice in training.
     """
 
@@ -73,10 +82,13 @@ class TrainConfig:
     validation_steps: int = c.HORIZON_STEPS
     val_encoder_lengths: int = 0
     randomize_length: bool = True
+    sampling: str = "uniform"
+    incident_weight: float = 5.0
     accelerator: str = "auto"
     devices: int | str = "auto"
+    num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
     num_workers: int = 0
     seed: int = 42
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -100,6 +112,15 @@ class TrainConfig:
             raise ConfigError(f"quantiles: increasing values in (0, 1) are allowed, got {list(self.quantiles)}")
         if len(self.quantiles) != 3 or self.quantiles[1] != 0.5:
             raise ConfigError(f"quantiles: three with 0.5 in the middle (p10/p50/p90), got {list(self.quantiles)}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling: allowed {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if not self.incident_weight > 0:
+            raise ConfigError(f"incident_weight: a weight > 0 is allowed, got {self.incident_weight}")
+        limit = self.limit_train_batches
+        if isinstance(limit, bool) or not limit > 0 or (isinstance(limit, float) and limit > 1):
+            raise ConfigError(f"limit_train_batches: a count >= 1 or a share in (0, 1], got {limit!r}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"num_nodes: must be >= 1, got {self.num_nodes}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: allowed {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("hidden_size", "attention_head_size", "hidden_continuous_size", "lstm_layers", "batch_size"):
@@ -197,7 +218,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "limit_train_batches": 25,
         "limit_val_batches": 4,
         "patience": 2,
-        "num_workers": 1,
     },
     # The reference model of the evaluation report (`make model`): hidden 32, 24 h of history. About
     # 2 s per batch of 64 on 2 CPU cores, so the 25-minute bound ends it after ~9 epochs unless
@@ -208,6 +228,5 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patience": 3,
         "val_encoder_lengths": 8,
         "max_time_minutes": 25.0,
-        "num_workers": 1,
     },
 }

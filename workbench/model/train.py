@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as lp
-import numpy as np
 import pandas as pd
 import polars as pl
 import torch
@@ -24,6 +26,7 @@ from workbench.features import TIME_IDX, to_model_frame
 from workbench.model.bundle import Bundle, library_versions
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
+from workbench.model.loaders import TrainingData
 from workbench.model.network import network_from_dataset, network_hparams
 from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
@@ -72,34 +75,20 @@ def split_point(model_frame: pd.DataFrame, config: TrainConfig) -> int:
     return cutoff
 
 
-def thin_validation(dataset: Any, config: TrainConfig) -> Any:
-    """Keep ``config.val_encoder_lengths`` history lengths per server's validation window (all when 0).
-
-    pytorch-forecasting makes one validation sample per possible history length of the same
-    decoder window (253 per server at 36..288 steps); a few spread lengths, plus each server's
-    longest, measure the same thing at a fraction of the cost.
-    """
-    if not config.val_encoder_lengths:
-        return dataset
-    grid = np.linspace(config.min_encoder_length, config.max_encoder_length, config.val_encoder_lengths)
-    keep = set(np.unique(grid.round().astype(int)).tolist())
-
-    def wanted(index: pd.DataFrame) -> pd.Series:
-        length = index["time_idx_first_prediction"] - index["time_idx_first"]
-        return length.isin(keep) | (length == length.groupby(index[c.SERVER]).transform("max"))
-
-    return dataset.filter(wanted)
-
-
 def train(
     frame: pl.DataFrame,
     config: TrainConfig,
     *,
     holdout: Holdout | None = None,
+    incidents: pl.DataFrame | None = None,
     progress: bool = True,
     log_dir: str | Path | None = None,
 ) -> Bundle:
     """Train a TFT on a validated contract frame.
+
+    Batches are gathered straight from contiguous per-server arrays (:mod:`workbench.model.series`),
+    drawn per epoch by :class:`~workbench.model.sampler.EpochSampler`; under ``strategy="ddp"``
+    each rank draws its own disjoint shard.
 
     Args:
         frame: Contract frame (see :func:`workbench.contract.validate`); its last
@@ -107,11 +96,13 @@ def train(
         config: The training settings.
         holdout: Test period and servers to leave out (see :mod:`workbench.splits`): training sees
             only the other servers before the test period, and ``training.json`` records it.
+        incidents: Ground truth of the incidents in ``frame``, needed by ``sampling="incidents"``.
         progress: Show Lightning's progress bar.
         log_dir: Where Lightning writes CSV logs (none when ``None``).
 
     Returns:
-        The trained network with its spec, config and training record, ready to save.
+        The trained network with its spec, config and training record, ready to save (on every
+        rank of a distributed run; :func:`is_main_process` says which one should save it).
     """
     started = time.perf_counter()
     lp.seed_everything(config.seed, workers=True, verbose=False)
@@ -121,21 +112,68 @@ def train(
     model_frame = to_model_frame(frame, config.targets)
     cutoff = split_point(model_frame, config)
     spec = DatasetSpec.fit(model_frame[model_frame[TIME_IDX] <= cutoff], config)
-    train_ds = spec.build(model_frame[model_frame[TIME_IDX] <= cutoff], train=True)
-    val_ds = thin_validation(spec.build(model_frame, min_prediction_idx=cutoff + 1), config)
-    with warnings.catch_warnings():  # pytorch-forecasting stores its loss modules as hparams on purpose
-        warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
-        network = network_from_dataset(train_ds, config)
+    network = _untrained_network(spec, model_frame, config)
+    data = TrainingData.build(model_frame, spec, network.hparams, config, cutoff, incidents)
     best = BestWeights()
-    trainer = lp.Trainer(
+    with quiet_lightning():
+        trainer = _trainer(config, best, progress, log_dir)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+            trainer.fit(network, train_dataloaders=data.train_loader, val_dataloaders=data.val_loader)
+    if best.state is not None:
+        network.load_state_dict(best.state)
+    network = network.to("cpu").eval()
+    info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
+    info["sampler"] = data.record()
+    info["distributed"] = _distributed_record(trainer, config)
+    if holdout is not None:
+        info[HOLDOUT_KEY] = holdout.to_json()
+        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
+    log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
+    return Bundle(network=network, spec=spec, config=config, hparams=network_hparams(network), training=info)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence the hardware lines and tips a Lightning ``Trainer`` logs at INFO on every start."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its training run (the one that writes the bundle)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    env = os.environ  # set by Lightning's launcher, torchrun or SLURM before the process group exists
+    if "RANK" in env:
+        return env["RANK"] == "0"
+    return env.get("LOCAL_RANK", "0") == "0" and env.get("NODE_RANK", "0") == "0"
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """Return Lightning's precision: ``auto`` is ``bf16-mixed`` on a CUDA device that supports it, else ``32-true``."""
+    if config.precision != "auto":
+        return config.precision
+    on_cuda = config.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
+    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _trainer(config: TrainConfig, best: BestWeights, progress: bool, log_dir: str | Path | None) -> lp.Trainer:
+    return lp.Trainer(
         max_epochs=config.max_epochs,
         max_time=None if config.max_time_minutes is None else timedelta(minutes=config.max_time_minutes),
         accelerator=config.accelerator,
         devices=config.devices,
+        num_nodes=config.num_nodes,
         strategy=config.strategy,
-        precision=config.precision,  # type: ignore[arg-type]
+        precision=resolve_precision(config),  # type: ignore[arg-type]
         gradient_clip_val=config.gradient_clip_val,
-        limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
         callbacks=[EarlyStopping(monitor="val_loss", patience=config.patience), best],
         logger=CSVLogger(str(log_dir), name="train") if log_dir else False,
@@ -143,26 +181,29 @@ def train(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the epoch sampler shards by rank itself
     )
-    # pytorch-forecasting builds each sample in Python: a loader process overlaps that with the network.
-    loader = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-        trainer.fit(
-            network,
-            train_dataloaders=train_ds.to_dataloader(train=True, batch_size=config.batch_size, **loader),
-            val_dataloaders=val_ds.to_dataloader(train=False, batch_size=config.batch_size * 4, **loader),
-        )
-    if best.state is not None:
-        network.load_state_dict(best.state)
-    network = network.to("cpu").eval()
-    info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
-    if holdout is not None:
-        info[HOLDOUT_KEY] = holdout.to_json()
-        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
-    log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
-    return Bundle(network=network, spec=spec, config=config, hparams=network_hparams(network), training=info)
+
+
+def _untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: TrainConfig) -> Any:
+    """Create the network from a dataset on one server's first window: only its structure is read."""
+    rows = model_frame.groupby(c.SERVER, sort=False)[TIME_IDX].transform("size")
+    longest = model_frame.loc[rows == rows.max(), c.SERVER].iloc[0]
+    sample = model_frame[model_frame[c.SERVER] == longest].head(spec.max_encoder_length + spec.horizon)
+    with warnings.catch_warnings():  # pytorch-forecasting stores its loss modules as hparams on purpose
+        warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
+        return network_from_dataset(spec.build(sample.reset_index(drop=True), train=True), config)
+
+
+def _distributed_record(trainer: lp.Trainer, config: TrainConfig) -> dict[str, Any]:
+    return {
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "precision": str(trainer.precision),
+        "seed": config.seed,
+        "epoch_seeds": "numpy default_rng([seed, epoch]) on every rank; rank r takes its own positions",
+    }
 
 
 def stop_reason(trainer: lp.Trainer) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from workbench import contract as c
 from workbench.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -113,7 +114,7 @@ class InferenceSettings:
     max_records: int = 20_000
     max_future_seconds: float | None = 86_400.0
     batch_size: int | None = None
-    max_gap_steps: int = 6
+    max_gap_steps: int = c.MAX_GAP_STEPS
     max_servers: int = 100_000
     thresholds: Path | None = None
     threads: int | None = None
