@@ -116,9 +116,9 @@ class TrainConfig:
             raise ConfigError(f"sampling: allowed {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if not self.incident_weight > 0:
             raise ConfigError(f"incident_weight: a weight > 0 is allowed, got {self.incident_weight}")
-        limit = self.limit_train_batches
-        if isinstance(limit, bool) or not limit > 0 or (isinstance(limit, float) and limit > 1):
-            raise ConfigError(f"limit_train_batches: a count >= 1 or a share in (0, 1], got {limit!r}")
+        batches = self.limit_train_batches
+        if isinstance(batches, bool) or not batches > 0 or (isinstance(batches, float) and batches > 1):
+            raise ConfigError(f"limit_train_batches: a count >= 1 or a share in (0, 1], got {batches!r}")
         if self.num_nodes < 1:
             raise ConfigError(f"num_nodes: must be >= 1, got {self.num_nodes}")
         if self.precision not in PRECISIONS:

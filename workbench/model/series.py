@@ -14,7 +14,6 @@ windows (held equal by a test).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,7 +109,7 @@ class SeriesTable:
 
     def batch(
         self, windows: WindowSet, lengths: np.ndarray, spec: DatasetSpec, x_reals: list[str]
-    ) -> tuple[dict[str, Any], tuple[list[torch.Tensor] | torch.Tensor, None]]:
+    ) -> tuple[dict[str, object], tuple[list[torch.Tensor] | torch.Tensor, None]]:
         """Gather a batch: the network's inputs and targets, as the dataset's collate gives them.
 
         Args:
@@ -140,11 +139,12 @@ class SeriesTable:
         enc_targets = [torch.from_numpy(np.ascontiguousarray(encoder[..., j])) for j in range(m)]
         dec_targets = [torch.from_numpy(np.ascontiguousarray(decoder[..., j])) for j in range(m)]
         decoder_step = self.step_of(windows.decoder_start, windows.series)
+        y: list[torch.Tensor] | torch.Tensor = dec_targets if m > 1 else dec_targets[0]
         x["encoder_target"] = enc_targets if m > 1 else enc_targets[0]
-        x["decoder_target"] = dec_targets if m > 1 else dec_targets[0]
+        x["decoder_target"] = y
         x["decoder_time_idx"] = torch.from_numpy(decoder_step[:, None] + np.arange(h)[None, :])
         x["groups"] = torch.from_numpy(windows.series.astype(np.int64)[:, None])
-        return x, (x["decoder_target"], None)
+        return x, (y, None)
 
 
 def valid_windows(
