@@ -34,7 +34,7 @@ def untrained_bundle(seed: int = 0) -> Bundle:
     frame = generate(8, 2.0, seed=seed)
     model_frame = to_model_frame(frame, config.targets)
     spec = DatasetSpec.fit(model_frame, config)
-    network = network_from_dataset(spec.build(model_frame), config).eval()
+    network = network_from_dataset(spec.build(model_frame), config, spec).eval()
     return Bundle(network, spec, config, network_hparams(network))
 
 

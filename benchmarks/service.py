@@ -44,7 +44,7 @@ def untrained_tiny_bundle(out: Path) -> Path:
     config = TrainConfig.preset("tiny")
     frame = to_model_frame(generate(8, 2.0, seed=0), config.targets)
     spec = DatasetSpec.fit(frame, config)
-    network = network_from_dataset(spec.build(frame), config).eval()
+    network = network_from_dataset(spec.build(frame), config, spec).eval()
     return save_bundle(Bundle(network, spec, config, network_hparams(network)), out)
 
 

@@ -43,7 +43,7 @@ def setup():
     spec = DatasetSpec.fit(model_frame[model_frame[TIME_IDX] <= cutoff], config)
     train_ds = spec.build(model_frame[model_frame[TIME_IDX] <= cutoff])
     val_ds = spec.build(model_frame, min_prediction_idx=cutoff + 1)
-    hparams = network_from_dataset(train_ds, config).hparams
+    hparams = network_from_dataset(train_ds, config, spec).hparams
     table = SeriesTable.from_model_frame(model_frame, spec.targets, dict(hparams["embedding_labels"][c.PROFILE]))
     return spec, train_ds, val_ds, hparams, table, model_frame.sort_values([c.SERVER, TIME_IDX]).reset_index(drop=True)
 

@@ -16,15 +16,29 @@ from workbench.model.dataset import DatasetSpec
 _OBJECT_HPARAMS = ("loss", "logging_metrics", "output_transformer", "dataset_parameters")
 
 
-def quantile_loss(config: TrainConfig) -> MultiLoss | QuantileLoss:
-    """Return the quantile loss of a config (a ``MultiLoss`` for several targets)."""
+def target_weights(spec: DatasetSpec) -> list[float]:
+    """Per-target weights of the loss: the inverse of each target's typical per-window scale.
+
+    The quantile loss is computed in each metric's own units (the network's output is scaled
+    back before it), so unweighted, ``latency_ms`` (a window's spread is about 76 ms) would
+    outweigh ``error_rate`` (about 0.001) 70,000 to 1 and the model would learn mostly the
+    former. Dividing by the mean per-window standard deviation, which the spec stores, gives
+    every metric a comparable share; the weights are scaled to average 1.
+    """
+    raw = [1.0 / max(spec.scale_moments[t]["scale"][0], 1e-9) for t in spec.targets]
+    mean = sum(raw) / len(raw)
+    return [w / mean for w in raw]
+
+
+def quantile_loss(config: TrainConfig, spec: DatasetSpec) -> MultiLoss | QuantileLoss:
+    """Return the quantile loss of a config (a ``MultiLoss`` weighted by :func:`target_weights` for several)."""
     if len(config.targets) == 1:
         return QuantileLoss(list(config.quantiles))
-    return MultiLoss([QuantileLoss(list(config.quantiles)) for _ in config.targets])
+    return MultiLoss([QuantileLoss(list(config.quantiles)) for _ in config.targets], weights=target_weights(spec))
 
 
-def network_from_dataset(dataset: Any, config: TrainConfig) -> TemporalFusionTransformer:
-    """Create an untrained network whose inputs match ``dataset`` (a ``TimeSeriesDataSet``)."""
+def network_from_dataset(dataset: Any, config: TrainConfig, spec: DatasetSpec) -> TemporalFusionTransformer:
+    """Create an untrained network whose inputs match ``dataset`` (a ``TimeSeriesDataSet`` built from ``spec``)."""
     return TemporalFusionTransformer.from_dataset(
         dataset,
         hidden_size=config.hidden_size,
@@ -33,7 +47,7 @@ def network_from_dataset(dataset: Any, config: TrainConfig) -> TemporalFusionTra
         lstm_layers=config.lstm_layers,
         dropout=config.dropout,
         learning_rate=config.learning_rate,
-        loss=quantile_loss(config),
+        loss=quantile_loss(config, spec),
         logging_metrics=nn.ModuleList([]),
         reduce_on_plateau_patience=max(1, config.patience // 2),
     )
@@ -58,7 +72,7 @@ def network_from_hparams(hparams: dict[str, Any], spec: DatasetSpec, config: Tra
     try:
         network = TemporalFusionTransformer(
             **kwargs,
-            loss=quantile_loss(config),
+            loss=quantile_loss(config, spec),
             logging_metrics=nn.ModuleList([]),
             output_transformer=spec.target_normalizer(),
         )

@@ -4,8 +4,11 @@ An epoch is a fixed number of batches per rank. Its windows are drawn from a gen
 with ``(seed, epoch)``, the same on every rank, and each rank takes its own positions of the
 draw, so the ranks of a DDP run see disjoint shards and any run can be repeated from its seed.
 Draws are uniform over the valid windows (without replacement while windows last), or weighted
-by a per-window array (with replacement). History lengths are shortened at random as
-pytorch-forecasting's ``randomize_length`` does (a Beta draw of the share kept).
+by a per-window array (with replacement). History lengths are shortened at random with
+pytorch-forecasting's ``randomize_length`` distribution (a Beta(0.2, 0.05) draw of the share
+kept), drawn once per batch rather than per window: a batch of equal lengths runs the LSTM
+without packing, 10-20x faster backward on CPU (:mod:`workbench.model.training_speedups`), and
+each window still sees the same distribution of lengths (capped at its own history).
 Validation windows are fixed and never re-weighted.
 """
 
@@ -146,22 +149,44 @@ class EpochSampler(Sampler[Draw]):
         """Return this rank's draw of an epoch: ``(batches * batch_size,)`` positions and lengths."""
         rank, world = self.shard()
         rng = np.random.default_rng([self.seed, epoch])
-        total = self.batches * self.batch_size * world
-        n = len(self.windows)
-        if self.weights is None:
-            rounds = -(-total // n)
-            picks = np.concatenate([rng.permutation(n) for _ in range(rounds)])[:total]
-        else:
-            picks = rng.choice(n, size=total, p=self.weights)
-        history = self.windows.history[picks]
+        batches = self.batches * world
         if self.randomize:
-            kept = rng.beta(*RANDOMIZE_BETA, size=total)
-            lengths = self.min_encoder + np.round((history - self.min_encoder) * kept).astype(np.int64)
+            picks, lengths = self._equal_length_batches(rng, batches)
         else:
-            lengths = history
+            picks = self._picks(rng, batches * self.batch_size)
+            lengths = self.windows.history[picks]
         # Batch b of rank r holds draws [(b * world + r) * batch_size, ... + batch_size).
-        mine = np.arange(total).reshape(self.batches, world, self.batch_size)[:, rank].ravel()
-        return picks[mine], lengths[mine]
+        mine = np.arange(batches * self.batch_size).reshape(self.batches, world, self.batch_size)[:, rank].ravel()
+        return picks[mine], lengths[mine].astype(np.int64)
+
+    def _picks(self, rng: np.random.Generator, total: int) -> np.ndarray:
+        n = len(self.windows)
+        if self.weights is not None:
+            return rng.choice(n, size=total, p=self.weights)
+        return np.concatenate([rng.permutation(n) for _ in range(-(-total // n))])[:total]
+
+    def _equal_length_batches(self, rng: np.random.Generator, batches: int) -> Draw:
+        """One history length per batch, drawn as ``randomize_length`` does; windows among those that have it.
+
+        Equal lengths keep the LSTM unpacked (:mod:`workbench.model.training_speedups`). A window
+        near the start of its series, with less history than the batch's length, is drawn only
+        in batches short enough for it; windows are drawn with replacement, uniformly or by weight.
+        """
+        order = np.argsort(self.windows.history, kind="stable")
+        history = self.windows.history[order]
+        n, longest = len(order), int(history[-1])
+        kept = rng.beta(*RANDOMIZE_BETA, size=batches)
+        length = self.min_encoder + np.round((longest - self.min_encoder) * kept).astype(np.int64)
+        first = np.searchsorted(history, length)[:, None]  # windows order[first:] have enough history
+        u = rng.random((batches, self.batch_size))
+        if self.weights is None:
+            pos = first + (u * (n - first)).astype(np.int64)
+        else:
+            cum = np.r_[0.0, np.cumsum(self.weights[order])]
+            target = cum[first] + u * (cum[n] - cum[first])
+            pos = np.searchsorted(cum, target, side="right") - 1
+        pos = np.clip(pos, first, n - 1)
+        return order[pos.ravel()], np.repeat(length, self.batch_size)
 
     def __iter__(self) -> Iterator[Draw]:
         picks, lengths = self.draw(self.epoch)
@@ -171,13 +196,15 @@ class EpochSampler(Sampler[Draw]):
 
 
 class FixedBatches(Sampler[Draw]):
-    """Yield the same batches every time, in order (validation)."""
+    """Yield the same batches every time, in order, each of one history length (validation)."""
 
     def __init__(self, count: int, lengths: np.ndarray, batch_size: int) -> None:
-        self.parts = [
-            (np.arange(lo, min(lo + batch_size, count)), lengths[lo : lo + batch_size])
-            for lo in range(0, count, batch_size)
-        ]
+        self.parts = []
+        for length in np.unique(lengths[:count]):
+            rows = np.flatnonzero(lengths[:count] == length)
+            for lo in range(0, len(rows), batch_size):
+                part = rows[lo : lo + batch_size]
+                self.parts.append((part, lengths[part]))
 
     def __len__(self) -> int:
         return len(self.parts)

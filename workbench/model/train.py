@@ -28,6 +28,7 @@ from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
 from workbench.model.network import network_from_dataset, network_hparams
+from workbench.model.training_speedups import sped_up
 from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ def train(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r".*does not have many workers.*")
             warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            trainer.fit(network, train_dataloaders=data.train_loader, val_dataloaders=data.val_loader)
+            with sped_up(network):
+                trainer.fit(network, train_dataloaders=data.train_loader, val_dataloaders=data.val_loader)
     if best.state is not None:
         network.load_state_dict(best.state)
     network = network.to("cpu").eval()
@@ -192,7 +194,7 @@ def _untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: Tra
     sample = model_frame[model_frame[c.SERVER] == longest].head(spec.max_encoder_length + spec.horizon)
     with warnings.catch_warnings():  # pytorch-forecasting stores its loss modules as hparams on purpose
         warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
-        return network_from_dataset(spec.build(sample.reset_index(drop=True), train=True), config)
+        return network_from_dataset(spec.build(sample.reset_index(drop=True), train=True), config, spec)
 
 
 def _distributed_record(trainer: lp.Trainer, config: TrainConfig) -> dict[str, Any]:

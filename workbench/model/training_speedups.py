@@ -1,0 +1,127 @@
+"""Output-preserving rewrites of the TFT's hottest modules for training, with autograd.
+
+Timing each module of a training step of the stock network (batch 64, 288 + 96 steps,
+8 targets, 2 CPU cores) forward and backward: the encoder's variable selection 470 ms, the
+encoder LSTM 372 ms (335 ms of it the backward of a packed batch of unequal lengths), the
+attention 123 ms, the decoder's variable selection 72 ms, everything else under 100 ms.
+
+* :class:`EqualLengthLSTM`: when every sequence of a batch has the padded length, the plain
+  ``nn.LSTM`` gives the same outputs and final states as pytorch-forecasting's packing wrapper,
+  and its backward is 10-20x faster on CPU (22 vs 485 ms at hidden size 32). The training
+  sampler draws one history length per batch so that this is the common case.
+* :class:`SharedValueSelection`: a time-only input (calendar covariates, relative time index)
+  takes a few hundred distinct values in a batch of thousands of rows; each variable's gated
+  residual network maps one scalar to a vector, so it runs once per distinct value and the
+  rows gather the results (the same numbers; the gather's backward sums their gradients).
+
+Both read the stock modules' own parameters. :func:`speed_up` swaps the class of the modules it
+applies to in place (``module.__class__``) and :func:`restore` swaps them back, so parameter
+names, ``isinstance`` checks and the bundle are those of the stock network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from pytorch_forecasting.models.nn.rnn import LSTM
+from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import VariableSelectionNetwork
+from torch import nn
+
+_STOCK = "_workbench_stock_class"
+_SHARED = "_workbench_shared_inputs"
+
+
+class EqualLengthLSTM(LSTM):
+    """pytorch-forecasting's ``LSTM`` that skips packing when every sequence has the padded length."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hx: Any = None,
+        lengths: torch.Tensor | None = None,
+        enforce_sorted: bool = True,
+    ) -> tuple[torch.Tensor, Any]:
+        """Same as the stock forward."""
+        if isinstance(x, torch.Tensor) and lengths is not None and len(lengths):
+            steps = x.size(1 if self.batch_first else 0)
+            if steps > 0 and bool((lengths == steps).all()):
+                return nn.LSTM.forward(self, x, hx)
+        return super().forward(x, hx, lengths=lengths, enforce_sorted=enforce_sorted)
+
+
+class SharedValueSelection(VariableSelectionNetwork):
+    """A ``VariableSelectionNetwork`` that runs a time-only input's GRN once per distinct value."""
+
+    def forward(self, x: dict[str, torch.Tensor], context: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Same as the stock forward (several inputs, each a real with a prescaler)."""
+        shared: frozenset[str] = self.__dict__[_SHARED]
+        var_outputs, weight_inputs = [], []
+        for name in self.input_sizes:
+            prescaler, grn = self.prescalers[name], self.single_variable_grns[name]
+            if name in shared and not x[name].requires_grad:  # inputs are data, not parameters
+                distinct, rows = torch.unique(x[name], return_inverse=True)
+                embedded = prescaler(distinct.unsqueeze(-1))
+                weight_inputs.append(embedded[rows.squeeze(-1)])
+                var_outputs.append(grn(embedded)[rows.squeeze(-1)])
+            else:
+                embedded = prescaler(x[name])
+                weight_inputs.append(embedded)
+                var_outputs.append(grn(embedded))
+        outputs = torch.stack(var_outputs, dim=-1)
+        sparse_weights = self.softmax(self.flattened_grn(torch.cat(weight_inputs, dim=-1), context)).unsqueeze(-2)
+        return (outputs * sparse_weights).sum(dim=-1), sparse_weights
+
+
+def _selection_applies(vsn: nn.Module, shared: Sequence[str]) -> bool:
+    names = set(getattr(vsn, "input_sizes", {}))
+    return (
+        type(vsn) is VariableSelectionNetwork
+        and len(names) > 1
+        and set(getattr(vsn, "prescalers", {})) == names
+        and bool(names & set(shared))
+    )
+
+
+def speed_up(network: Any) -> list[str]:
+    """Swap the faster modules into a pytorch-forecasting TFT in place; return the names swapped."""
+    shared = list(network.hparams.time_varying_reals_decoder)  # known for every step: time-only
+    swapped = []
+    for name in ("encoder_variable_selection", "decoder_variable_selection"):
+        module = getattr(network, name)
+        if _selection_applies(module, shared):
+            _swap(module, SharedValueSelection)
+            module.__dict__[_SHARED] = frozenset(shared)
+            swapped.append(name)
+    for name in ("lstm_encoder", "lstm_decoder"):
+        module = getattr(network, name)
+        if type(module) is LSTM:
+            _swap(module, EqualLengthLSTM)
+            swapped.append(name)
+    return swapped
+
+
+def restore(network: nn.Module) -> None:
+    """Undo :func:`speed_up`: every swapped module is a stock instance again."""
+    for module in network.modules():
+        stock = module.__dict__.pop(_STOCK, None)
+        module.__dict__.pop(_SHARED, None)
+        if stock is not None:
+            module.__class__ = stock
+
+
+@contextmanager
+def sped_up(network: Any) -> Iterator[list[str]]:
+    """Run a block with :func:`speed_up` applied, restoring the stock modules afterwards."""
+    swapped = speed_up(network)
+    try:
+        yield swapped
+    finally:
+        restore(network)
+
+
+def _swap(module: nn.Module, faster: type) -> None:
+    module.__dict__[_STOCK] = type(module)
+    module.__class__ = faster
