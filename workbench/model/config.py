@@ -42,6 +42,8 @@ class TrainConfig:
             the training windows (a float).
         limit_val_batches: Validation batches (an int) or fraction (a float).
         validation_steps: Trailing steps of every series held out for validation.
+        val_stride: Steps between the decoder starts of validation windows (one every
+            ``val_stride`` steps of the validation period whose horizon fits in it).
         val_encoder_lengths: History lengths validated per server, spread evenly from
             ``min_encoder_length`` to ``max_encoder_length`` plus each server's longest (0: every
             length, one validation window per step of history, which is slow at 288 steps).
@@ -80,6 +82,7 @@ class TrainConfig:
     limit_train_batches: int | float = 200
     limit_val_batches: int | float = 1.0
     validation_steps: int = c.HORIZON_STEPS
+    val_stride: int = 24
     val_encoder_lengths: int = 0
     randomize_length: bool = True
     sampling: str = "uniform"
@@ -126,8 +129,8 @@ class TrainConfig:
         for name in ("hidden_size", "attention_head_size", "hidden_continuous_size", "lstm_layers", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_epochs < 1 or self.patience < 1 or self.validation_steps < 1:
-            raise ConfigError("max_epochs, patience and validation_steps must be >= 1")
+        if self.max_epochs < 1 or self.patience < 1 or self.validation_steps < 1 or self.val_stride < 1:
+            raise ConfigError("max_epochs, patience, validation_steps and val_stride must be >= 1")
         if self.val_encoder_lengths < 0:
             raise ConfigError(f"val_encoder_lengths: >= 0 is allowed (0: every length), got {self.val_encoder_lengths}")
         limit = self.max_time_minutes

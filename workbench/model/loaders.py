@@ -93,6 +93,9 @@ class TrainingData:
         lengths = {"min_encoder": spec.min_encoder_length, "max_encoder": spec.max_encoder_length}
         train_windows = valid_windows(table, **lengths, horizon=spec.horizon, last_step=cutoff)
         val_all = valid_windows(table, **lengths, horizon=spec.horizon, first_decoder_step=cutoff + 1)
+        val_all = val_all.take(
+            (table.step_of(val_all.decoder_start, val_all.series) - cutoff - 1) % config.val_stride == 0
+        )
         if len(train_windows) == 0 or len(val_all) == 0:
             raise ConfigError(
                 "no training or validation window: every server needs min_encoder_length + horizon steps "

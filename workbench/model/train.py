@@ -27,7 +27,7 @@ from workbench.model.bundle import Bundle, library_versions
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
-from workbench.model.network import network_from_dataset, network_hparams
+from workbench.model.network import network_from_dataset, network_hparams, target_weights
 from workbench.model.training_speedups import sped_up
 from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
@@ -121,6 +121,8 @@ def train(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r".*does not have many workers.*")
             warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+            # Every rank validates on all validation windows, so val_loss is the same on each.
+            warnings.filterwarnings("ignore", r".*when logging on epoch level in distributed setting.*")
             with sped_up(network):
                 trainer.fit(network, train_dataloaders=data.train_loader, val_dataloaders=data.val_loader)
     if best.state is not None:
@@ -128,6 +130,12 @@ def train(
     network = network.to("cpu").eval()
     info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
     info["sampler"] = data.record()
+    info["loss"] = {
+        "kind": "quantile",
+        "quantiles": list(config.quantiles),
+        "target_weights": dict(zip(spec.targets, target_weights(spec), strict=True)),
+        "weights_rule": "1 / mean per-window standard deviation of each target, scaled to average 1",
+    }
     info["distributed"] = _distributed_record(trainer, config)
     if holdout is not None:
         info[HOLDOUT_KEY] = holdout.to_json()
@@ -139,13 +147,15 @@ def train(
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Silence the hardware lines and tips a Lightning ``Trainer`` logs at INFO on every start."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def is_main_process() -> bool:
@@ -192,8 +202,12 @@ def _untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: Tra
     rows = model_frame.groupby(c.SERVER, sort=False)[TIME_IDX].transform("size")
     longest = model_frame.loc[rows == rows.max(), c.SERVER].iloc[0]
     sample = model_frame[model_frame[c.SERVER] == longest].head(spec.max_encoder_length + spec.horizon)
-    with warnings.catch_warnings():  # pytorch-forecasting stores its loss modules as hparams on purpose
+    with warnings.catch_warnings():
+        # pytorch-forecasting stores its loss modules as hparams on purpose; the tiny dataset's
+        # scalers warn about feature names and read-only arrays, which do not matter here.
         warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
+        warnings.filterwarnings("ignore", r"X has feature names")
+        warnings.filterwarnings("ignore", r"The given NumPy array is not writable")
         return network_from_dataset(spec.build(sample.reset_index(drop=True), train=True), config, spec)
 
 

@@ -13,6 +13,10 @@ attention 123 ms, the decoder's variable selection 72 ms, everything else under 
   takes a few hundred distinct values in a batch of thousands of rows; each variable's gated
   residual network maps one scalar to a vector, so it runs once per distinct value and the
   rows gather the results (the same numbers; the gather's backward sums their gradients).
+* :class:`MatmulInterpolation`: the residual paths' ``F.interpolate`` is a fixed linear map,
+  applied as one product (its backward too) instead of the interpolation kernel.
+* :class:`~workbench.model.dropout.CounterDropout`: dropout masks from a counter-based hash
+  instead of ``bernoulli_``, 4-5x faster forward and backward (the same distribution).
 
 Both read the stock modules' own parameters. :func:`speed_up` swaps the class of the modules it
 applies to in place (``module.__class__``) and :func:`restore` swaps them back, so parameter
@@ -23,12 +27,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import torch
 from pytorch_forecasting.models.nn.rnn import LSTM
-from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import VariableSelectionNetwork
+from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
+    TimeDistributedInterpolation,
+    VariableSelectionNetwork,
+)
 from torch import nn
+
+from workbench.inference.fused_vsn import interpolation_matrix
+from workbench.model.dropout import CounterDropout
 
 _STOCK = "_workbench_stock_class"
 _SHARED = "_workbench_shared_inputs"
@@ -52,6 +63,22 @@ class EqualLengthLSTM(LSTM):
         return super().forward(x, hx, lengths=lengths, enforce_sorted=enforce_sorted)
 
 
+class MatmulInterpolation(TimeDistributedInterpolation):
+    """``TimeDistributedInterpolation`` as a product with its (fixed) linear map: faster forward and backward."""
+
+    def interpolate(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as the stock method: linear interpolation with aligned corners, then the trainable gate."""
+        upsampled = torch.matmul(x, _interpolation(x.size(-1), self.output_size, x.dtype, x.device))
+        if self.trainable:
+            upsampled = upsampled * self.gate(self.mask.unsqueeze(0)) * 2.0
+        return upsampled
+
+
+@cache
+def _interpolation(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return interpolation_matrix(size_in, size_out).to(dtype=dtype, device=device)
+
+
 class SharedValueSelection(VariableSelectionNetwork):
     """A ``VariableSelectionNetwork`` that runs a time-only input's GRN once per distinct value."""
 
@@ -61,18 +88,19 @@ class SharedValueSelection(VariableSelectionNetwork):
         var_outputs, weight_inputs = [], []
         for name in self.input_sizes:
             prescaler, grn = self.prescalers[name], self.single_variable_grns[name]
+            embedded = prescaler(x[name])
+            weight_inputs.append(embedded)
             if name in shared and not x[name].requires_grad:  # inputs are data, not parameters
                 distinct, rows = torch.unique(x[name], return_inverse=True)
-                embedded = prescaler(distinct.unsqueeze(-1))
-                weight_inputs.append(embedded[rows.squeeze(-1)])
-                var_outputs.append(grn(embedded)[rows.squeeze(-1)])
+                once = grn(prescaler(distinct.unsqueeze(-1)))
+                # index_select's backward (index_add) is twice as fast as that of indexing.
+                picked = torch.index_select(once, 0, rows.reshape(-1))
+                var_outputs.append(picked.reshape(*embedded.shape[:-1], -1))
             else:
-                embedded = prescaler(x[name])
-                weight_inputs.append(embedded)
                 var_outputs.append(grn(embedded))
-        outputs = torch.stack(var_outputs, dim=-1)
+        stacked = torch.stack(var_outputs, dim=-2)  # (..., V, hidden): rows of one output contiguous
         sparse_weights = self.softmax(self.flattened_grn(torch.cat(weight_inputs, dim=-1), context)).unsqueeze(-2)
-        return (outputs * sparse_weights).sum(dim=-1), sparse_weights
+        return torch.matmul(sparse_weights, stacked).squeeze(-2), sparse_weights
 
 
 def _selection_applies(vsn: nn.Module, shared: Sequence[str]) -> bool:
@@ -100,6 +128,16 @@ def speed_up(network: Any) -> list[str]:
         if type(module) is LSTM:
             _swap(module, EqualLengthLSTM)
             swapped.append(name)
+    resamplers = [m for m in network.modules() if type(m) is TimeDistributedInterpolation]
+    for module in resamplers:
+        _swap(module, MatmulInterpolation)
+    if resamplers:
+        swapped.append(f"{len(resamplers)} interpolations")
+    dropouts = [m for m in network.modules() if type(m) is nn.Dropout]
+    for module in dropouts:
+        _swap(module, CounterDropout)
+    if dropouts:
+        swapped.append(f"{len(dropouts)} dropout layers")
     return swapped
 
 
