@@ -113,6 +113,31 @@ def test_warmup_notebook_recommends_a_length(tmp_path, tiny_bundle_dir, critical
     assert metrics["bundle_min_encoder_length"] == 12 and metrics["origins"] == 2 and metrics["servers"] == 2
 
 
+def test_model_size_notebook_measures_every_candidate_and_picks_one(tmp_path, critical_fleet_dir):
+    metrics = run(
+        "05_model_size",
+        tmp_path,
+        data=str(critical_fleet_dir),
+        grid="h4-a1-l1,h8-a2-l1",
+        preset="tiny",
+        holdout_days=0.6,
+        holdout_servers=2,
+        origin_stride=24,
+        engine_servers=10,
+        progress=False,
+    )
+    rows = metrics["candidates"]
+    assert [r["candidate"] for r in rows] == ["h4-a1-l1", "h8-a2-l1"]
+    assert [r["hidden_size"] for r in rows] == [4, 8] and [r["attention_head_size"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["mase"] > 0 and row["mase_ratio"] > 0 and 0 <= row["coverage"] <= 1
+        assert row["train_seconds"] > 0 and row["engine_ms"] > 0 and row["stopped_by"] == "max_epochs"
+    assert rows[0]["parameters"] < rows[1]["parameters"]
+    assert metrics["chosen"] in {"h4-a1-l1", "h8-a2-l1"} and metrics["held_out_servers"] == 2
+    accurate = [r for r in rows if r["mase"] <= metrics["best_mase"] * (1 + metrics["tolerance"])]
+    assert metrics["chosen"] == min(accurate, key=lambda r: (r["engine_ms"], r["train_seconds"]))["candidate"]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [

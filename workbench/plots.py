@@ -329,3 +329,34 @@ def warmup_plot(curve: pl.DataFrame, *, recommended: int, current: int, column: 
     fig.update_layout(title=f"{column} by steps of history", xaxis_title="steps of history", yaxis_title=column)
     fig.update_layout(height=320, margin={"t": 40})
     return fig
+
+
+def size_study_plot(table: pl.DataFrame, *, chosen: str, cost: str = "engine_ms") -> go.Figure:
+    """Return held-out MASE ratio against a cost per network size, the chosen size marked.
+
+    Args:
+        table: One row per candidate (``candidate``, ``mase_ratio`` and the cost column), e.g.
+            from :func:`workbench.evaluation.size_study.study_candidate`.
+        chosen: The candidate picked as the reference network.
+        cost: Column on the x axis (``engine_ms``, ``train_seconds``, ``parameters``).
+    """
+    colours = ["#2ca02c" if name == chosen else "#1f77b4" for name in table["candidate"].to_list()]
+    fig = go.Figure(
+        go.Scatter(
+            x=table[cost].to_list(),
+            y=table["mase_ratio"].to_list(),
+            mode="markers+text",
+            text=table["candidate"].to_list(),
+            textposition="top center",
+            marker={"size": 11, "color": colours},
+        )
+    )
+    labels = {"engine_ms": "Engine.forecast, 1,000 servers (ms)", "train_seconds": "training time (s)"}
+    fig.update_layout(
+        title=f"held-out MASE / seasonal naive against {cost} (green: the reference)",
+        xaxis_title=labels.get(cost, cost),
+        yaxis_title="MASE ratio",
+        height=360,
+        margin={"t": 50},
+    )
+    return fig

@@ -146,7 +146,10 @@ class Engine:
         )
 
     def predict(self, windows: Windows) -> np.ndarray:
-        """Run the network on windows in batches; return raw ``(servers, targets, horizon, 3)`` quantiles."""
+        """Run the network on windows in batches; return ``(servers, targets, horizon, 3)`` quantiles.
+
+        The bundle's band calibration, when it has one, is applied; nothing is clipped yet.
+        """
         n_targets, h = len(self.spec.targets), self.spec.horizon
         out = np.empty((len(windows.servers), n_targets, h, 3), dtype=np.float32)
         parts = _batches(len(windows.servers), self.batch_size, self.workers)
@@ -163,7 +166,7 @@ class Engine:
         else:
             for part in parts:
                 run(part)
-        return out
+        return out if self.bundle.calibration is None else self.bundle.calibration.apply(out)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -55,6 +55,8 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
         )
     outputs = pred.output if isinstance(pred.output, list | tuple) else [pred.output]
     raw = np.stack([t.detach().cpu().numpy() for t in outputs], axis=1)  # (n, targets, h, 3)
+    if bundle.calibration is not None:
+        raw = bundle.calibration.apply(raw)
     index = pred.index.reset_index(drop=True)
     last = model_frame.groupby(c.SERVER, sort=False).tail(1).set_index(c.SERVER)
     servers = index[c.SERVER].astype(str).tolist()

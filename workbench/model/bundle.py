@@ -2,7 +2,8 @@
 
 Layout: ``model.safetensors`` (weights), ``config.json`` (training settings and network
 hyper-parameters), ``dataset.json`` (:class:`DatasetSpec`), ``contract.json`` (the contract it
-was trained on) and ``training.json`` (data fingerprint, dates, losses, library versions).
+was trained on), ``training.json`` (data fingerprint, dates, losses, library versions) and,
+when training fitted one, ``calibration.json`` (:class:`BandCalibration` of the p10–p90 band).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from safetensors.torch import load_model, save_model
 
 from workbench import contract as c
 from workbench.errors import BundleError
+from workbench.model.calibration import BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.network import network_from_hparams
 
 FILES = ("model.safetensors", "config.json", "dataset.json", "contract.json", "training.json")
+CALIBRATION_FILE = "calibration.json"  # optional: bundles trained before it have uncalibrated bands
 BUNDLE_FORMAT = 1
 
 
@@ -40,6 +43,7 @@ class Bundle:
         hparams: The network's constructor arguments (plain JSON).
         training: The training record.
         path: Folder it was loaded from or saved to, if any.
+        calibration: The band calibration applied to every forecast, if any.
     """
 
     network: TemporalFusionTransformer
@@ -48,6 +52,7 @@ class Bundle:
     hparams: dict[str, Any]
     training: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    calibration: BandCalibration | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -74,6 +79,10 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     _write_json(out / "dataset.json", bundle.spec.to_json())
     _write_json(out / "contract.json", c.contract_json())
     _write_json(out / "training.json", bundle.training)
+    if bundle.calibration is not None:
+        _write_json(out / CALIBRATION_FILE, bundle.calibration.to_json())
+    else:
+        (out / CALIBRATION_FILE).unlink(missing_ok=True)
     bundle.path = out
     return out
 
@@ -106,7 +115,10 @@ def load_bundle(path: str | Path, *, targets: Sequence[str] | None = None, devic
     target_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     network = network.to(target_device).eval()
     training = _read_json(root / "training.json")
-    return Bundle(network, spec, config, config_json["network"], training, root)
+    calibration = None
+    if (root / CALIBRATION_FILE).is_file():
+        calibration = BandCalibration.from_json(_read_json(root / CALIBRATION_FILE), spec.targets, spec.horizon)
+    return Bundle(network, spec, config, config_json["network"], training, root, calibration)
 
 
 def _check_targets(root: Path, spec: DatasetSpec, config: TrainConfig, expected: Sequence[str] | None) -> None:

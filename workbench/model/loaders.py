@@ -58,6 +58,7 @@ class TrainingData:
         sampler: The training sampler.
         train_loader: Lightning's training loader.
         val_loader: Lightning's validation loader.
+        batches: What turns a draw into a batch (the table, spec and network inputs).
     """
 
     table: SeriesTable
@@ -68,6 +69,7 @@ class TrainingData:
     sampler: EpochSampler
     train_loader: DataLoader[Any]
     val_loader: DataLoader[Any]
+    batches: WindowBatches
 
     @classmethod
     def build(
@@ -113,10 +115,13 @@ class TrainingData:
             seed=config.seed,
             weights=weighting.weights,
         )
-        train_loader = loader(WindowBatches(table, train_windows, spec, x_reals), sampler, config.num_workers)
+        train_batches = WindowBatches(table, train_windows, spec, x_reals)
+        train_loader = loader(train_batches, sampler, config.num_workers)
         val_sampler = FixedBatches(len(val_windows), val_lengths, config.batch_size * 4)
         val_loader = loader(WindowBatches(table, val_windows, spec, x_reals), val_sampler, config.num_workers)
-        return cls(table, train_windows, val_windows, val_lengths, weighting, sampler, train_loader, val_loader)
+        return cls(
+            table, train_windows, val_windows, val_lengths, weighting, sampler, train_loader, val_loader, train_batches
+        )
 
     def record(self) -> dict[str, Any]:
         """Return how batches were drawn, for ``training.json``."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as lp
+import numpy as np
 import pandas as pd
 import polars as pl
 import torch
@@ -24,6 +25,7 @@ from workbench.data import fingerprint
 from workbench.errors import ConfigError
 from workbench.features import TIME_IDX, to_model_frame
 from workbench.model.bundle import Bundle, library_versions
+from workbench.model.calibration import MIN_WINDOWS, BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
@@ -128,7 +130,9 @@ def train(
     if best.state is not None:
         network.load_state_dict(best.state)
     network = network.to("cpu").eval()
+    calibration = fit_band_calibration(network, data)
     info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
+    info["calibration"] = calibration.record if calibration else {"skipped": "too few validation windows"}
     info["sampler"] = data.record()
     info["loss"] = {
         "kind": "quantile",
@@ -141,7 +145,31 @@ def train(
         info[HOLDOUT_KEY] = holdout.to_json()
         info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
     log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
-    return Bundle(network=network, spec=spec, config=config, hparams=network_hparams(network), training=info)
+    hparams = network_hparams(network)
+    return Bundle(network=network, spec=spec, config=config, hparams=hparams, training=info, calibration=calibration)
+
+
+def fit_band_calibration(network: Any, data: TrainingData, batch_size: int = 256) -> BandCalibration | None:
+    """Fit the p10–p90 band calibration on the validation windows, each read with its longest history.
+
+    These windows lie after the training period, so the network never fitted them; the
+    longest history is what a server in operation has. ``None`` with too few windows.
+    """
+    longest = np.flatnonzero(data.val_lengths == data.val_windows.history)
+    if len(longest) < MIN_WINDOWS:
+        return None
+    spec, table = data.batches.spec, data.table
+    quantiles, actual = [], []
+    with torch.no_grad():
+        for lo in range(0, len(longest), batch_size):
+            part = longest[lo : lo + batch_size]
+            x, (y, _) = table.batch(data.val_windows.take(part), data.val_lengths[part], spec, data.batches.x_reals)
+            pred = network(x)["prediction"]
+            pred = pred if isinstance(pred, list | tuple) else [pred]
+            ys = y if isinstance(y, list | tuple) else [y]
+            quantiles.append(torch.stack([p.float() for p in pred], dim=1).numpy())
+            actual.append(torch.stack(list(ys), dim=1).numpy())
+    return BandCalibration.fit(spec.targets, np.concatenate(quantiles), np.concatenate(actual))
 
 
 @contextmanager

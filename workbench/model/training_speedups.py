@@ -31,8 +31,10 @@ from functools import cache
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from pytorch_forecasting.models.nn.rnn import LSTM
 from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
+    InterpretableMultiHeadAttention,
     TimeDistributedInterpolation,
     VariableSelectionNetwork,
 )
@@ -77,6 +79,39 @@ class MatmulInterpolation(TimeDistributedInterpolation):
 @cache
 def _interpolation(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return interpolation_matrix(size_in, size_out).to(dtype=dtype, device=device)
+
+
+class FusedAttention(InterpretableMultiHeadAttention):
+    """Interpretable multi-head attention through ``F.scaled_dot_product_attention`` while training.
+
+    The stock module runs each head's projections, product, scaling, masking and softmax as
+    separate full-size tensors and keeps them all for the backward pass; the fused kernel
+    recomputes what its backward needs. The heads share their value projection, as in the stock
+    module, and their outputs are dropped out and averaged the same way. In training mode the
+    attention weights it returns are NaN (nothing in a training step reads them, and a NaN
+    cannot pass for a weight); in eval mode (validation, prediction) the stock forward runs.
+    """
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as the stock forward, up to float rounding."""
+        if not self.training or self.attention.dropout is not None:
+            return super().forward(q, k, v, mask)
+        b, tq, tk, h = q.size(0), q.size(1), k.size(1), self.n_head
+        weight_q = torch.cat([layer.weight for layer in self.q_layers])
+        bias_q = torch.cat([layer.bias for layer in self.q_layers])
+        weight_k = torch.cat([layer.weight for layer in self.k_layers])
+        bias_k = torch.cat([layer.bias for layer in self.k_layers])
+        qs = F.linear(q, weight_q, bias_q).view(b, tq, h, self.d_q).transpose(1, 2)
+        ks = F.linear(k, weight_k, bias_k).view(b, tk, h, self.d_k).transpose(1, 2)
+        vs = self.v_layer(v).unsqueeze(1).expand(b, h, tk, self.d_v)
+        allowed = None if mask is None else ~mask.unsqueeze(1)
+        heads = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)  # (b, h, tq, d_v)
+        heads = self.dropout(heads.transpose(1, 2))  # (b, tq, h, d_v): each head's output, as the stock
+        outputs = self.dropout(self.w_h(heads.mean(dim=2) if h > 1 else heads[:, :, 0]))
+        weights = torch.full((1, 1, 1, 1), float("nan"), dtype=q.dtype, device=q.device).expand(b, tq, h, tk)
+        return outputs, weights
 
 
 class SharedValueSelection(VariableSelectionNetwork):
@@ -128,6 +163,9 @@ def speed_up(network: Any) -> list[str]:
         if type(module) is LSTM:
             _swap(module, EqualLengthLSTM)
             swapped.append(name)
+    if type(network.multihead_attn) is InterpretableMultiHeadAttention:
+        _swap(network.multihead_attn, FusedAttention)
+        swapped.append("multihead_attn")
     resamplers = [m for m in network.modules() if type(m) is TimeDistributedInterpolation]
     for module in resamplers:
         _swap(module, MatmulInterpolation)
