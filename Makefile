@@ -9,7 +9,7 @@ REF_DATA ?= data/reference
 REF_MODEL ?= models/reference
 REF_CRITICAL ?= data/reference-critical
 
-.PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model report clean
+.PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model report size-study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,14 +56,14 @@ demo-forecast: $(STAMP) $(DEMO_DIR)/metrics  ## simulate a small fleet and print
 	test -f $(DEMO_MODEL)/model.safetensors || $(MAKE) demo-model
 	$(VENV)/bin/workbench forecast --bundle $(DEMO_MODEL) --data $(DEMO_DIR) --head 24
 
-demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model (a few minutes on 2 cores)
+demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model until early stopping (<= 5 min on 2 cores)
 	$(VENV)/bin/workbench train --data $(DEMO_DIR) --out $(DEMO_MODEL) --preset demo
 
 # The evaluated model: 48 servers x 21 days; the last 3 days and a fifth of the servers are held out.
 $(REF_DATA)/metrics:
 	$(VENV)/bin/workbench generate --servers 48 --days 21 --seed 11 --out $(REF_DATA) --overwrite
 
-model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split (<= 30 min on 2 cores)
+model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split until early stopping (<= 30 min on 2 cores)
 	$(VENV)/bin/workbench train --data $(REF_DATA) --preset reference --holdout-days 3 --holdout-servers 0.2 \
 		--out $(REF_MODEL)
 
@@ -78,6 +78,9 @@ report: $(STAMP) $(REF_DATA)/metrics $(REF_CRITICAL)/metrics $(REF_MODEL)/model.
 	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_DATA)
 	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_CRITICAL) -p split fleet -p test_days 2
 	$(VENV)/bin/workbench report 04_warmup_study -p bundle $(REF_MODEL) -p data $(REF_DATA)
+
+size-study: $(STAMP) $(REF_DATA)/metrics  ## train and score one network per candidate size into reports/ (hours on 2 cores)
+	$(VENV)/bin/workbench report 05_model_size -p data $(REF_DATA)
 
 clean:  ## remove the virtual environment and generated data (keeps the committed demo model)
 	rm -rf $(VENV) $(DEMO_DIR)

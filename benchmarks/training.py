@@ -29,7 +29,7 @@ from workbench.features import TIME_IDX, to_model_frame
 from workbench.model import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
-from workbench.model.train import _untrained_network, split_point
+from workbench.model.train import split_point, untrained_network
 from workbench.model.training_speedups import sped_up
 from workbench.simulator import generate
 
@@ -81,7 +81,7 @@ def main() -> None:
     cutoff = split_point(model_frame, config)
     spec = DatasetSpec.fit(model_frame[model_frame[TIME_IDX] <= cutoff], config)
     torch.manual_seed(0)
-    network = _untrained_network(spec, model_frame, config)
+    network = untrained_network(spec, model_frame, config)
     started = time.perf_counter()
     dataset = spec.build(model_frame[model_frame[TIME_IDX] <= cutoff], train=True)
     a_setup = time.perf_counter() - started

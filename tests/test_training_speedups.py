@@ -14,7 +14,7 @@ from workbench.model import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.dropout import dropout
 from workbench.model.loaders import TrainingData
-from workbench.model.train import _untrained_network, split_point
+from workbench.model.train import split_point, untrained_network
 from workbench.model.training_speedups import (
     EqualLengthLSTM,
     MatmulInterpolation,
@@ -33,7 +33,7 @@ def network_and_batches(tiny_fleet):
 
     def network():
         torch.manual_seed(0)
-        return _untrained_network(spec, frame, config)
+        return untrained_network(spec, frame, config)
 
     data = TrainingData.build(frame, spec, network().hparams, config, cutoff)
     batches = [next(iter(data.train_loader)), next(iter(data.val_loader))]

@@ -170,6 +170,10 @@ def train(
         f"saved bundle to {path}: {t['epochs']} epochs, best val_loss {t['best_val_loss']:.4f}, "
         f"{t['servers']} servers, {t['seconds']:.0f} s on {t['device']}, stopped by {t['stopped_by']}"
     )
+    calibration = t.get("calibration", {})
+    if "coverage_after" in calibration:
+        before, after = calibration["coverage_before"], calibration["coverage_after"]
+        click.echo(f"p10-p90 band calibrated on {calibration['windows']} validation windows: coverage {before} -> {after}")
     if holdout is not None:
         click.echo(f"held out {len(holdout.test_servers)} servers and everything from {holdout.test_start.isoformat()}")
 

@@ -18,8 +18,8 @@ import polars as pl
 from workbench.evaluation.backtest import TFT, BacktestResult
 from workbench.evaluation.warning import EarlyWarning
 
-MASE_RATIO_TARGET = 0.75
-COVERAGE_TARGET = (0.72, 0.88)
+MASE_RATIO_TARGET = 0.65
+COVERAGE_TARGET = (0.75, 0.85)
 RECALL_TARGET = 0.8
 PRECISION_TARGET = 0.7
 WARNING_KEYS = ("recall", "precision", "f1", "median_lead_minutes", "false_alarms_per_server_day")

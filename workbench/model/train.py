@@ -115,7 +115,7 @@ def train(
     model_frame = to_model_frame(frame, config.targets)
     cutoff = split_point(model_frame, config)
     spec = DatasetSpec.fit(model_frame[model_frame[TIME_IDX] <= cutoff], config)
-    network = _untrained_network(spec, model_frame, config)
+    network = untrained_network(spec, model_frame, config)
     data = TrainingData.build(model_frame, spec, network.hparams, config, cutoff, incidents)
     best = BestWeights()
     with quiet_lightning():
@@ -225,8 +225,8 @@ def _trainer(config: TrainConfig, best: BestWeights, progress: bool, log_dir: st
     )
 
 
-def _untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: TrainConfig) -> Any:
-    """Create the network from a dataset on one server's first window: only its structure is read."""
+def untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: TrainConfig) -> Any:
+    """Create the untrained network of a spec (built from a dataset on one server's first window)."""
     rows = model_frame.groupby(c.SERVER, sort=False)[TIME_IDX].transform("size")
     longest = model_frame.loc[rows == rows.max(), c.SERVER].iloc[0]
     sample = model_frame[model_frame[c.SERVER] == longest].head(spec.max_encoder_length + spec.horizon)
