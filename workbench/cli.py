@@ -173,7 +173,9 @@ def train(
     calibration = t.get("calibration", {})
     if "coverage_after" in calibration:
         before, after = calibration["coverage_before"], calibration["coverage_after"]
-        click.echo(f"p10-p90 band calibrated on {calibration['windows']} validation windows: coverage {before} -> {after}")
+        click.echo(
+            f"p10-p90 band calibrated on {calibration['windows']} validation windows: coverage {before} -> {after}"
+        )
     if holdout is not None:
         click.echo(f"held out {len(holdout.test_servers)} servers and everything from {holdout.test_start.isoformat()}")
 

@@ -35,15 +35,10 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 from torch import nn
 
 from workbench.inference import vsn_kernel
+from workbench.model.network import interpolation_matrix
 
 SERVERS_PER_CHUNK = 16  # keeps the (variables, rows, hidden) intermediates in cache
 KERNEL_BLOCK = 96  # rows per block of the compiled kernel: its intermediates stay in L1/L2
-
-
-def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
-    """The linear map of ``F.interpolate(mode="linear", align_corners=True)`` from size_in to size_out."""
-    eye = torch.eye(size_in, dtype=torch.float64).unsqueeze(1)
-    return F.interpolate(eye, size_out, mode="linear", align_corners=True).squeeze(1)  # (size_in, size_out)
 
 
 def applies(vsn: VariableSelectionNetwork) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from pytorch_forecasting import TemporalFusionTransformer
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 from torch import nn
@@ -79,3 +81,13 @@ def network_from_hparams(hparams: dict[str, Any], spec: DatasetSpec, config: Tra
     except (TypeError, ValueError, KeyError) as exc:
         raise BundleError(f"config.json network hyper-parameters do not build a TFT: {exc}") from exc
     return network.eval()
+
+
+def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """The linear map of the TFT's ``TimeDistributedInterpolation`` (``F.interpolate``, linear, aligned corners).
+
+    Returns:
+        ``(size_in, size_out)`` float64: ``x @ matrix`` interpolates rows of ``size_in`` values.
+    """
+    eye = torch.eye(size_in, dtype=torch.float64).unsqueeze(1)
+    return F.interpolate(eye, size_out, mode="linear", align_corners=True).squeeze(1)

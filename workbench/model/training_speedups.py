@@ -40,8 +40,8 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 )
 from torch import nn
 
-from workbench.inference.fused_vsn import interpolation_matrix
 from workbench.model.dropout import CounterDropout
+from workbench.model.network import interpolation_matrix
 
 _STOCK = "_workbench_stock_class"
 _SHARED = "_workbench_shared_inputs"
