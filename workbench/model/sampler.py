@@ -2,13 +2,15 @@
 
 An epoch is a fixed number of batches per rank. Its windows are drawn from a generator seeded
 with ``(seed, epoch)``, the same on every rank, and each rank takes its own positions of the
-draw, so the ranks of a DDP run see disjoint shards and any run can be repeated from its seed.
-Draws are uniform over the valid windows (without replacement while windows last), or weighted
-by a per-window array (with replacement). History lengths are shortened at random with
-pytorch-forecasting's ``randomize_length`` distribution (a Beta(0.2, 0.05) draw of the share
-kept), drawn once per batch rather than per window: a batch of equal lengths runs the LSTM
-without packing, 10-20x faster backward on CPU (:mod:`workbench.model.training_speedups`), and
-each window still sees the same distribution of lengths (capped at its own history).
+draw, so the ranks of a DDP run split one draw between them (disjoint shards of its positions)
+and any run can be repeated from its seed.
+Draws are uniform over the valid windows, or weighted by a per-window array. History lengths are
+shortened at random with pytorch-forecasting's ``randomize_length`` distribution (a
+Beta(0.2, 0.05) draw of the share kept), drawn once per batch rather than per window: a batch of
+equal lengths runs the LSTM without packing, 10-20x faster backward on CPU
+(:mod:`workbench.model.training_speedups`), and each window is drawn with replacement among
+those with enough history for its batch. Without randomised lengths, uniform draws take every
+window once per pass and each window reads its longest history.
 Validation windows are fixed and never re-weighted.
 """
 
@@ -118,7 +120,7 @@ class EpochSampler(Sampler[Draw]):
             min_encoder: Shortest history (the floor of randomised lengths).
             randomize: Shorten histories at random (else each window reads its longest).
             seed: Seed of the run; epoch ``e`` draws from ``(seed, e)``.
-            weights: Per-window weights (``None``: uniform, without replacement).
+            weights: Per-window weights (``None``: uniform).
             rank: This process's rank (default: from ``torch.distributed`` when initialised).
             world_size: Number of ranks (default: likewise).
         """
