@@ -79,8 +79,8 @@ report: $(STAMP) $(REF_DATA)/metrics $(REF_CRITICAL)/metrics $(REF_MODEL)/model.
 	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_CRITICAL) -p split fleet -p test_days 2
 	$(VENV)/bin/workbench report 04_warmup_study -p bundle $(REF_MODEL) -p data $(REF_DATA)
 
-size-study: $(STAMP) $(REF_DATA)/metrics  ## train and score one network per candidate size into reports/ (hours on 2 cores)
-	$(VENV)/bin/workbench report 05_model_size -p data $(REF_DATA)
+size-study: $(STAMP) $(REF_DATA)/metrics  ## train (8 min each) and score six network sizes into reports/ (about an hour on 2 cores)
+	$(VENV)/bin/workbench report 05_model_size -p data $(REF_DATA) -p max_minutes 8 -p progress False
 
 clean:  ## remove the virtual environment and generated data (keeps the committed demo model)
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -210,6 +210,7 @@ def test_training_refuses_a_target_without_values(tiny_fleet):
         ({"hidden_size": "big"}, "hidden_size: expected int, got 'big'"),
         ({"randomize_length": 1}, "randomize_length: expected bool"),
         ({"batch_size": True}, "batch_size: expected int"),
+        ({"min_delta": -1e-4}, "min_delta must be >= 0"),
     ],
 )
 def test_config_errors_name_the_setting_and_what_is_allowed(values, message):

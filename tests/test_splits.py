@@ -151,6 +151,17 @@ def test_training_sees_only_the_train_part_and_records_the_holdout(tiny_fleet, t
 
 
 @pytest.mark.slow
+def test_a_fall_smaller_than_min_delta_is_no_improvement(tiny_fleet):
+    from workbench.model import TrainConfig
+    from workbench.model.train import train
+
+    config = TrainConfig.preset("tiny", max_epochs=6, patience=1, min_delta=1e3)
+    record = train(tiny_fleet, config, progress=False).training
+    # Only the first epoch counts as an improvement, so the second one stops the run.
+    assert record["stopped_by"] == "early_stopping" and record["epochs"] == 2
+
+
+@pytest.mark.slow
 def test_train_command_holds_out_and_stops_on_time(tiny_fleet_dir, tmp_path):
     import json
 

@@ -37,6 +37,8 @@ class TrainConfig:
         batch_size: Training batch size.
         max_epochs: Upper bound on epochs; early stopping usually ends sooner.
         patience: Epochs without validation improvement before stopping.
+        min_delta: Smallest fall of the validation loss that counts as an improvement (absolute,
+            in the loss's units): a noisy plateau that creeps down by less ends the fit.
         max_time_minutes: Wall-clock bound on the fit (Lightning's ``max_time``); ``None``: no bound.
         limit_train_batches: Batches per epoch on each rank (an int), or a share of one pass over
             the training windows (a float).
@@ -78,6 +80,7 @@ class TrainConfig:
     batch_size: int = 64
     max_epochs: int = 30
     patience: int = 4
+    min_delta: float = 0.0
     max_time_minutes: float | None = None
     limit_train_batches: int | float = 200
     limit_val_batches: int | float = 1.0
@@ -131,6 +134,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_epochs < 1 or self.patience < 1 or self.validation_steps < 1 or self.val_stride < 1:
             raise ConfigError("max_epochs, patience, validation_steps and val_stride must be >= 1")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"min_delta must be >= 0, got {self.min_delta!r}")
         if self.val_encoder_lengths < 0:
             raise ConfigError(f"val_encoder_lengths: >= 0 is allowed (0: every length), got {self.val_encoder_lengths}")
         limit = self.max_time_minutes
@@ -235,7 +240,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "max_epochs": 60,
         "limit_train_batches": 100,
-        "patience": 3,
+        "patience": 4,
+        "min_delta": 2e-4,
         "validation_steps": 288,
         "val_encoder_lengths": 8,
         "max_time_minutes": 30.0,

@@ -210,7 +210,7 @@ def _trainer(config: TrainConfig, best: BestWeights, progress: bool, log_dir: st
         precision=resolve_precision(config),  # type: ignore[arg-type]
         gradient_clip_val=config.gradient_clip_val,
         limit_val_batches=config.limit_val_batches,
-        callbacks=[EarlyStopping(monitor="val_loss", patience=config.patience), best],
+        callbacks=[EarlyStopping(monitor="val_loss", patience=config.patience, min_delta=config.min_delta), best],
         logger=CSVLogger(str(log_dir), name="train") if log_dir else False,
         enable_checkpointing=False,
         enable_progress_bar=progress,
