@@ -107,8 +107,10 @@ def assemble(
     if decoder is None:
         decoder = np.repeat(encoder[np.arange(b), lengths - 1][:, None, :], h, axis=1)
 
-    enc = np.zeros((b, length, len(x_reals)), dtype=np.float32)
-    dec = np.zeros((b, h, len(x_reals)), dtype=np.float32)
+    # Filled one input at a time in (input, window, step) order, where each write is contiguous,
+    # and transposed once at the end: writing strided columns of a (B, L, R) array cost 4x more.
+    enc = np.empty((len(x_reals), b, length), dtype=np.float32)
+    dec = np.empty((len(x_reals), b, h), dtype=np.float32)
     calendar = calendar_table()
     enc_steps = (first_step[:, None] + np.arange(length)[None, :]) % WEEK_STEPS
     dec_steps = (first_step[:, None] + lengths[:, None] + np.arange(h)[None, :]) % WEEK_STEPS
@@ -116,17 +118,17 @@ def assemble(
     for k, name in enumerate(x_reals):
         if name == "encoder_length":
             feature = ((lengths - 0.5 * spec.max_encoder_length) / spec.max_encoder_length * 2.0).astype(np.float32)
-            enc[..., k], dec[..., k] = feature[:, None], feature[:, None]
+            enc[k], dec[k] = feature[:, None], feature[:, None]
         elif name == "relative_time_idx":  # float32 arithmetic, as the dataset computes it
-            enc[..., k] = (np.arange(length, dtype=np.float32)[None, :] - lengths[:, None].astype(np.float32)) / max_enc
-            dec[..., k] = np.arange(h, dtype=np.float32)[None, :] / max_enc
+            enc[k] = (np.arange(length, dtype=np.float32)[None, :] - lengths[:, None].astype(np.float32)) / max_enc
+            dec[k] = np.arange(h, dtype=np.float32)[None, :] / max_enc
         elif name in KNOWN_REALS:
             col = KNOWN_REALS.index(name)
-            enc[..., k], dec[..., k] = calendar[enc_steps, col], calendar[dec_steps, col]
+            enc[k], dec[k] = calendar[enc_steps, col], calendar[dec_steps, col]
         elif name in spec.targets:
             j = spec.targets.index(name)
-            enc[..., k] = (encoder[..., j] - center[:, None, j]) / scale[:, None, j]
-            dec[..., k] = (decoder[..., j] - center[:, None, j]) / scale[:, None, j]
+            enc[k] = (encoder[..., j] - center[:, None, j]) / scale[:, None, j]
+            dec[k] = (decoder[..., j] - center[:, None, j]) / scale[:, None, j]
         elif name.endswith(("_center", "_scale")):
             target, kind = name.rsplit("_", 1)
             j = spec.targets.index(target)
@@ -134,14 +136,14 @@ def assemble(
             moment = center[:, j] if kind == "center" else scale[:, j]
             # As sklearn's StandardScaler on float32: each in-place step rounds back to float32.
             shifted = (moment.astype(np.float64) - mean).astype(np.float32)
-            enc[..., k] = dec[..., k] = (shifted.astype(np.float64) / std).astype(np.float32)[:, None]
+            enc[k] = dec[k] = (shifted.astype(np.float64) / std).astype(np.float32)[:, None]
         else:
             raise ValueError(f"the network expects an input {name!r} that is not built from windows")
-    enc[~mask] = 0.0
+    enc[:, ~mask] = 0.0
     codes = np.asarray(profile_codes, dtype=np.int64)
     return Assembled(
-        encoder_cont=enc,
-        decoder_cont=dec,
+        encoder_cont=np.ascontiguousarray(enc.transpose(1, 2, 0)),
+        decoder_cont=np.ascontiguousarray(dec.transpose(1, 2, 0)),
         encoder_cat=np.where(mask, codes[:, None], 0)[..., None],
         decoder_cat=np.broadcast_to(codes[:, None, None], (b, h, 1)).copy(),
         center=center,
