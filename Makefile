@@ -63,7 +63,7 @@ demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model until early 
 $(REF_DATA)/metrics:
 	$(VENV)/bin/workbench generate --servers 48 --days 21 --seed 11 --out $(REF_DATA) --overwrite
 
-model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split until early stopping (<= 30 min on 2 cores)
+model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split until early stopping or its 30-min bound (2 cores: the bound)
 	$(VENV)/bin/workbench train --data $(REF_DATA) --preset reference --holdout-days 3 --holdout-servers 0.2 \
 		--out $(REF_MODEL)
 
