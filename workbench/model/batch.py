@@ -108,7 +108,7 @@ def assemble(
         decoder = np.repeat(encoder[np.arange(b), lengths - 1][:, None, :], h, axis=1)
 
     # Filled one input at a time in (input, window, step) order, where each write is contiguous,
-    # and transposed once at the end: writing strided columns of a (B, L, R) array cost 4x more.
+    # and transposed once at the end: writing strided columns of a (B, L, R) array was a third slower.
     enc = np.empty((len(x_reals), b, length), dtype=np.float32)
     dec = np.empty((len(x_reals), b, h), dtype=np.float32)
     calendar = calendar_table()
