@@ -22,6 +22,7 @@ from workbench.inference.inputs import build_inputs
 from workbench.inference.speedups import optimise
 from workbench.inference.window import IngestReport, Windows, WindowStore
 from workbench.model.bundle import Bundle
+from workbench.model.network import stack_targets
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,7 @@ class Engine:
         def run(part: slice) -> None:
             with torch.inference_mode():
                 x = build_inputs(_select(windows, part), self.spec, self.bundle.hparams, self.device)
-                pred = self.network(x)["prediction"]
-                pred = pred if isinstance(pred, list | tuple) else [pred]
-                out[part] = torch.stack(pred, dim=1).float().cpu().numpy()
+                out[part] = stack_targets(self.network(x)["prediction"]).cpu().numpy()
 
         if self.workers > 1 and len(parts) > 1:
             list(self._executor().map(run, parts))

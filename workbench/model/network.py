@@ -91,3 +91,9 @@ def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """
     eye = torch.eye(size_in, dtype=torch.float64).unsqueeze(1)
     return F.interpolate(eye, size_out, mode="linear", align_corners=True).squeeze(1)
+
+
+def stack_targets(per_target: Any) -> torch.Tensor:
+    """Stack the network's per-target outputs (a list for several targets, a tensor for one) on dim 1."""
+    parts = per_target if isinstance(per_target, list | tuple) else [per_target]
+    return torch.stack([p.float() for p in parts], dim=1)

@@ -29,7 +29,7 @@ from workbench.model.calibration import MIN_WINDOWS, BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
-from workbench.model.network import network_from_dataset, network_hparams, target_weights
+from workbench.model.network import network_from_dataset, network_hparams, stack_targets, target_weights
 from workbench.model.training_speedups import sped_up
 from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
@@ -159,11 +159,8 @@ def fit_band_calibration(network: Any, data: TrainingData, batch_size: int = 256
         for lo in range(0, len(longest), batch_size):
             part = longest[lo : lo + batch_size]
             x, (y, _) = table.batch(data.val_windows.take(part), data.val_lengths[part], spec, data.batches.x_reals)
-            pred = network(x)["prediction"]
-            pred = pred if isinstance(pred, list | tuple) else [pred]
-            ys = y if isinstance(y, list | tuple) else [y]
-            quantiles.append(torch.stack([p.float() for p in pred], dim=1).numpy())
-            actual.append(torch.stack(list(ys), dim=1).numpy())
+            quantiles.append(stack_targets(network(x)["prediction"]).numpy())
+            actual.append(stack_targets(y).numpy())
     return BandCalibration.fit(spec.targets, np.concatenate(quantiles), np.concatenate(actual))
 
 
