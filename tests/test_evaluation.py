@@ -103,8 +103,8 @@ def test_early_warning_hits_late_warnings_false_alarms_and_episodes():
         # c: nothing on disk; a cpu alarm on c far from any cpu incident: a false alarm
         ("r", "c", "cpu_pct", T0 + 10),
         ("r", "c", "cpu_pct", T0 + 11),
-        # latency is no incident's primary metric: unscored
-        ("r", "a", "latency_ms", T0 + 50),
+        # network throughput is no incident's primary metric: unscored
+        ("r", "a", "net_in_mb_s", T0 + 50),
     )
     window = Window(("a", "b", "c"), T0, T0 + 287, 1)
     result = early_warning(table, truth, window)

@@ -86,7 +86,8 @@ def test_weekend_quieter_for_business_not_for_batch(week: pl.DataFrame) -> None:
 
 def test_cpu_and_latency_are_coupled(week: pl.DataFrame) -> None:
     for _, server in week.group_by(contract.SERVER):
-        assert np.corrcoef(server["cpu_pct"], server["latency_ms"])[0, 1] > 0.3
+        # rank correlation: a latency incident's spike is no outlier that hides the coupling
+        assert server.select(pl.corr("cpu_pct", "latency_ms", method="spearman")).item() > 0.5
         assert np.corrcoef(server["net_in_mb_s"], server["net_out_mb_s"])[0, 1] > 0.5
 
 

@@ -16,11 +16,14 @@ from workbench.simulator import (
     simulate,
 )
 from workbench.simulator.arrivals import base_rates
-from workbench.simulator.incidents import background_ceiling
+from workbench.simulator.incidents import PRIMARY_METRICS, background_ceiling, target_cap
+from workbench.simulator.profiles import CPU, ERROR_RATE, LATENCY
 from workbench.thresholds import Thresholds
 
 STEP = timedelta(seconds=contract.STEP_SECONDS)
-BUSY = SimulatorConfig(incident_rates=dict.fromkeys(INCIDENT_TYPES, 1.0))  # about 4 incidents per server-day
+BUSY = SimulatorConfig(incident_rates=dict.fromkeys(INCIDENT_TYPES, 1.0))  # about 5 incidents per server-day
+LEVELS = Thresholds()
+WITH_LEVEL = sorted({m for p in contract.PROFILES for m in LEVELS.for_profile(p)})  # metrics that can be critical
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,37 @@ def test_critical_values_and_states_belong_to_incidents_only(run) -> None:
     assert labelled.sort(pl.all()).equals(windows.sort(pl.all()))
 
 
+def critical_of(metric: str) -> pl.Expr:
+    """Critical level of ``metric`` on each row's profile (infinite where it has none)."""
+    level = {p: LEVELS.level(metric, p) for p in contract.PROFILES}
+    return pl.col(contract.PROFILE).replace_strict({p: lv.critical if lv else np.inf for p, lv in level.items()})
+
+
+def test_every_metric_with_a_critical_level_has_an_incident_type_that_drives_it() -> None:
+    assert set(WITH_LEVEL) == set(PRIMARY_METRICS) == {k.metric for k in KINDS}
+    assert LATENCY in PRIMARY_METRICS
+
+
+def test_critical_values_lie_inside_incident_windows_in_a_healthy_month() -> None:
+    result = simulate(make_fleet(200, seed=12), 30, scenario="healthy")
+    metrics, table = result.metrics, result.incidents
+    windows = table.select(
+        contract.SERVER,
+        pl.datetime_ranges("precursor_start", "recovered", interval="5m", closed="left").alias(contract.TIMESTAMP),
+    ).explode(contract.TIMESTAMP)
+    outside = metrics.join(windows, on=[contract.SERVER, contract.TIMESTAMP], how="anti")
+    critical = outside.select(pl.any_horizontal([pl.col(m) >= critical_of(m) for m in WITH_LEVEL]).mean()).item()
+    assert table.height > 300 and outside.height > 0.9 * metrics.height
+    assert critical <= 0.001, critical
+
+
+def test_latency_targets_scale_with_the_profile_critical_level() -> None:
+    critical = np.array([150.0, 500.0])
+    assert target_cap(LATENCY, critical).tolist() == [450.0, 1500.0]
+    assert target_cap(CPU, critical).tolist() == [100.0, 100.0]
+    assert target_cap(ERROR_RATE, np.array([0.05])).tolist() == [0.4]
+
+
 def test_recovery_follows_each_incident(run) -> None:
     done = run.incidents.drop_nulls("onset").filter(pl.col("end") <= run.metrics[contract.TIMESTAMP].max())
     states = done.select(contract.SERVER, pl.col("end").alias(contract.TIMESTAMP)).join(
@@ -131,7 +165,13 @@ def free_days(table: pl.DataFrame, names: tuple[str, ...], span_end, days: float
 def test_each_type_appears_with_its_configured_frequency(scenario: str) -> None:
     fleet, days = make_fleet(40, seed=8), 3
     config = SimulatorConfig(
-        incident_rates={"memory_leak": 0.6, "disk_fill": 0.4, "traffic_growth": 0.5, "dependency_storm": 0.3}
+        incident_rates={
+            "memory_leak": 0.6,
+            "disk_fill": 0.4,
+            "traffic_growth": 0.5,
+            "dependency_storm": 0.3,
+            "latency_saturation": 0.3,
+        }
     )
     result = simulate(fleet, days, scenario=scenario, config=config)
     span_end = result.metrics[contract.TIMESTAMP].max() + STEP
@@ -171,7 +211,7 @@ def test_affected_servers_are_seeded_nested_and_at_least_one() -> None:
 
 
 def test_chunking_does_not_change_the_ground_truth() -> None:
-    fleet = make_fleet(8, seed=2)
+    fleet = make_fleet(16, seed=2)
     one, two = simulate(fleet, 1, config=BUSY), simulate(fleet, 2, config=BUSY)
     day_end = one.metrics[contract.TIMESTAMP].max() + STEP
     cut = two.incidents.filter(pl.col("precursor_start") < day_end).with_columns(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from workbench import contract
-from workbench.simulator.incidents import KINDS, MIN_RISE_STEPS, TARGET_CAP, IncidentBatch
+from workbench.simulator.incidents import KINDS, MIN_RISE_STEPS, IncidentBatch, target_cap
 from workbench.simulator.scenarios import MAX_RATE_MULTIPLIER, ScenarioSchedule
 
 _CANDIDATE_STREAM = 3
@@ -118,7 +118,10 @@ def _realise(c: Candidates, intensity: np.ndarray, levels: tuple[np.ndarray, np.
     plateau = _steps(_log_uniform(table["plateau_minutes"], u[1]) * intensity)
     recovery = _steps(_log_uniform(table["recovery_minutes"], u[2]))
     critical, warning = levels[0][c.server, c.kind], levels[1][c.server, c.kind]
-    cap = np.array([TARGET_CAP[k.metric] for k in KINDS])[c.kind]
+    cap = np.empty_like(critical)
+    for k, kind in enumerate(KINDS):
+        mine = c.kind == k
+        cap[mine] = target_cap(kind.metric, critical[mine])
     target = critical + (cap - critical) * (0.3 + 0.6 * u[5]) ** (1.0 / intensity)
     magnitude = _uniform(table["magnitude"], u[6]) * np.sqrt(intensity)
     return IncidentBatch(

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from workbench import contract
-from workbench.simulator.profiles import CPU, DISK, ERROR_RATE, MEM
+from workbench.simulator.profiles import CPU, DISK, ERROR_RATE, LATENCY, MEM
 
 MIN_RISE_STEPS = 6  # 30 minutes: the shortest rise any intensity can give
 BACKGROUND_KNEE = 1.0  # outside incidents, primaries bend from critical - 1.0 * (critical - warning) ...
@@ -37,7 +37,7 @@ class IncidentKind:
         plateau_minutes: Range of the critical phase after the peak.
         recovery_minutes: Range of the recovery after the end.
         shape: Range of the curvature of the rise (meaning depends on the type).
-        magnitude: Range of the side effect (extra load, I/O or latency).
+        magnitude: Range of the side effect (extra load, I/O or latency; unused without one).
         profile_factors: Rate multiplier per profile (1 when absent).
     """
 
@@ -73,12 +73,22 @@ KINDS: tuple[IncidentKind, ...] = (
         "dependency_storm", ERROR_RATE, 0.02, (60, 240), (10, 45), (10, 30), (3.0, 6.0), (2.0, 6.0),
         {"web_api": 1.5, "risk_analytics": 1.5, "database": 0.5},
     ),
+    # A downstream connection pool saturates: requests queue for a connection, so latency climbs
+    # hyperbolically (like 1 / (1 - utilisation)) until the pool drains. No side effect.
+    IncidentKind(
+        "latency_saturation", LATENCY, 0.02, (60, 240), (10, 45), (10, 30), (3.0, 10.0), (1.0, 1.0),
+        {"web_api": 1.5, "database": 1.5, "risk_analytics": 1.5, "ml_compute": 0.5, "data_ingest": 0.5},
+    ),
 )  # fmt: skip
 INCIDENT_TYPES: tuple[str, ...] = tuple(k.name for k in KINDS)
 PRIMARY_OF: tuple[str, ...] = tuple(k.metric for k in KINDS)
 PRIMARY_METRICS: tuple[str, ...] = tuple(dict.fromkeys(PRIMARY_OF))
-# Highest value a target may take, per primary metric (targets lie between critical and this).
+# Highest value a target may take (targets lie between critical and this), per primary metric:
+# absolute for bounded metrics, a multiple of the critical level where that differs by profile.
 TARGET_CAP: Mapping[str, float] = {CPU: 100.0, MEM: 100.0, DISK: 100.0, ERROR_RATE: 0.4}
+TARGET_CAP_PER_CRITICAL: Mapping[str, float] = {LATENCY: 3.0}
+if set(TARGET_CAP) & set(TARGET_CAP_PER_CRITICAL) or set(PRIMARY_METRICS) - {*TARGET_CAP, *TARGET_CAP_PER_CRITICAL}:
+    raise RuntimeError(f"each primary metric {PRIMARY_METRICS} needs exactly one target cap")
 
 GROUND_TRUTH_SCHEMA: dict[str, pl.DataType] = {
     "incident_id": pl.UInt32(),
@@ -171,6 +181,18 @@ class IncidentBatch:
                 for f in fields(cls)
             }
         )
+
+
+def target_cap(metric: str, critical: np.ndarray) -> np.ndarray:
+    """Return the highest target of incidents on ``metric`` given their critical levels.
+
+    Args:
+        metric: A primary metric.
+        critical: Critical level of each incident's primary metric.
+    """
+    if metric in TARGET_CAP_PER_CRITICAL:
+        return TARGET_CAP_PER_CRITICAL[metric] * np.asarray(critical, dtype=float)
+    return np.full(np.shape(critical), TARGET_CAP[metric])
 
 
 def background_knee(critical: np.ndarray, warning: np.ndarray) -> np.ndarray:

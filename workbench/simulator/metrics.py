@@ -148,7 +148,9 @@ def derive_metrics(
     """Return every contract metric, shape ``(T, S)``, clipped to the contract's ranges.
 
     Primary metrics pass through :meth:`Effects.primary` before the metrics that depend on them
-    (latency on CPU, error rate on memory), so that an incident moves its coupled metrics too.
+    (latency on CPU, error rate on memory), so that an incident moves its coupled metrics too;
+    latency passes through it after its state and incident multipliers, so that they stay under
+    its ceiling as well.
 
     Args:
         t: Epoch seconds, shape ``(T,)``.
@@ -177,7 +179,7 @@ def derive_metrics(
         DISK_IO: disk_io,
         NET_IN: level[NET_IN] * load * net * np.exp(0.3 * sigma * white[NET_IN]),
         NET_OUT: level[NET_OUT] * load**coupling.net_out_exponent * net * np.exp(0.3 * sigma * white[NET_OUT]),
-        LATENCY: _scaled(_latency(cpu, disk_io, fleet, noise, coupling), effects.latency),
+        LATENCY: effects.primary(LATENCY, _scaled(_latency(cpu, disk_io, fleet, noise, coupling), effects.latency)),
         ERROR_RATE: effects.primary(ERROR_RATE, errors),
     }
     if effects.offline is not None and effects.offline.any():

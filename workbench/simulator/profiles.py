@@ -113,7 +113,7 @@ class ProfileDefaults:
 # Levels(cpu %, mem %, disk %, disk_io MB/s, net_in MB/s, net_out MB/s, latency ms, error_rate)
 PROFILE_DEFAULTS: Mapping[str, ProfileDefaults] = {
     "ml_compute": ProfileDefaults(
-        0.12, 4, Levels(68, 62, 50, 30, 15, 5, 40, 0.001),
+        0.12, 4, Levels(68, 62, 50, 30, 15, 5, 18, 0.001),
         diurnal_amplitude=0.12, diurnal_sharpness=1.0, peak_hour=22, weekend_factor=1.0, noise=0.06,
         disk_fill_per_day=1.5, cleanup_days=7,
     ),
@@ -133,12 +133,12 @@ PROFILE_DEFAULTS: Mapping[str, ProfileDefaults] = {
         disk_fill_per_day=0.5, cleanup_days=10,
     ),
     "data_ingest": ProfileDefaults(
-        0.12, 3, Levels(40, 50, 62, 80, 60, 15, 60, 0.003),
+        0.12, 3, Levels(40, 50, 62, 80, 60, 15, 30, 0.003),
         diurnal_amplitude=0.65, diurnal_sharpness=4.0, peak_hour=2, weekend_factor=1.0, noise=0.10,
         disk_fill_per_day=3.0, cleanup_days=3,
     ),
     "risk_analytics": ProfileDefaults(
-        0.10, 3, Levels(42, 60, 45, 25, 25, 10, 50, 0.001),
+        0.10, 3, Levels(42, 60, 45, 25, 25, 10, 30, 0.001),
         diurnal_amplitude=0.60, diurnal_sharpness=3.0, peak_hour=16, weekend_factor=0.40, noise=0.07,
         disk_fill_per_day=1.2, cleanup_days=7,
     ),

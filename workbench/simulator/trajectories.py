@@ -22,8 +22,9 @@ from workbench.simulator.incidents import (
 from workbench.simulator.metrics import Pull
 from workbench.simulator.states import CRITICAL, HEALTHY, HEAVY, MAINTENANCE, OFFLINE, RECOVERY
 
-LEAK, DISK_FILL, TRAFFIC, STORM = (
-    INCIDENT_TYPES.index(name) for name in ("memory_leak", "disk_fill", "traffic_growth", "dependency_storm")
+LEAK, DISK_FILL, TRAFFIC, STORM, SATURATION = (
+    INCIDENT_TYPES.index(name)
+    for name in ("memory_leak", "disk_fill", "traffic_growth", "dependency_storm", "latency_saturation")
 )
 TARGET_NOISE = 0.15  # noise of the primary metric at its target, as a share of (target - critical)
 ACTIVE, RECOVERING = 1, 2  # phase codes: between start and end, between end and recovered
@@ -77,22 +78,31 @@ def _course(batch: IncidentBatch, steps: np.ndarray) -> _Course:
 
 
 def _rise(batch: IncidentBatch, x: np.ndarray) -> np.ndarray:
-    """Weight from 0 to 1 over the rise: accelerating, convex, logistic or late-exploding."""
+    """Weight from 0 to 1 over the rise: accelerating, convex, logistic, hyperbolic or late-exploding."""
     a = batch.shape[:, None]
     exponential = np.expm1(a * x) / np.expm1(a)
     logistic = 1.0 / (1.0 + np.exp(-a * (x - batch.center[:, None])))
     lo = 1.0 / (1.0 + np.exp(a * batch.center[:, None]))
     hi = 1.0 / (1.0 + np.exp(-a * (1.0 - batch.center[:, None])))
     kind = batch.kind[:, None]
-    return np.select([kind == LEAK, kind == TRAFFIC], [exponential, (logistic - lo) / (hi - lo)], x**a)
+    return np.select(
+        [kind == LEAK, kind == TRAFFIC, kind == SATURATION],
+        [exponential, (logistic - lo) / (hi - lo), _queueing(a, x)],
+        x**a,
+    )
+
+
+def _queueing(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Queueing delay as the load on a pool grows: slope ``1 / (1 + a)`` at 0, ``1 + a`` at 1."""
+    return x / (1.0 + a * (1.0 - x))
 
 
 def _fade(batch: IncidentBatch, y: np.ndarray) -> np.ndarray:
-    """Weight from 1 to 0 over the recovery: a restart, a cleanup, traffic fading, errors fading."""
+    """Weight from 1 to 0 over the recovery: a restart, a cleanup, traffic fading, a pool draining, errors fading."""
     kind = batch.kind[:, None]
     return np.select(
-        [kind == LEAK, kind == DISK_FILL, kind == TRAFFIC],
-        [np.zeros_like(y), np.clip(1 - 3 * y, 0, 1), 1 - y],
+        [kind == LEAK, kind == DISK_FILL, kind == TRAFFIC, kind == SATURATION],
+        [np.zeros_like(y), np.clip(1 - 3 * y, 0, 1), 1 - y, _queueing(batch.shape[:, None], 1 - y)],
         (1 - y) ** 2,
     )
 
