@@ -19,7 +19,7 @@ import numpy as np
 
 from workbench import contract as c
 from workbench.errors import ConfigError
-from workbench.risk import exceedance_probability, high_is_bad, level_table
+from workbench.risk import exceedance_probability
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:  # the forecast module imports torch; alerts and risk need only numpy
@@ -146,11 +146,11 @@ class _Scan:
 
 
 def _scan(forecast: Forecast, thresholds: Thresholds, margin: float = 0.0) -> _Scan:
-    high = high_is_bad(forecast.targets)
+    high = c.high_is_bad(forecast.targets)
     sign = np.where(high, 1.0, -1.0)
     q = forecast.quantiles
     edge = q[..., 2] if high.all() else np.where(high[:, None], q[..., 2], -q[..., 0])
-    raw = level_table(forecast, thresholds)
+    raw = thresholds.array(forecast.profiles, forecast.targets)
     level = raw * sign[:, None]
     peak = edge.argmax(axis=2)
     worst = np.take_along_axis(edge, peak[..., None], axis=2)  # (n, m, 1)

@@ -16,6 +16,7 @@ import yaml
 from workbench import contract as c
 from workbench.dashboard.launch import dashboard_command
 from workbench.demo import demo_command
+from workbench.early_warning.cli import calibrate_incidents
 from workbench.errors import WorkbenchError
 from workbench.reporting.cli import report as report_command
 from workbench.service.cli import serve as serve_command
@@ -283,6 +284,7 @@ main.add_command(stream_command)
 main.add_command(dashboard_command)
 main.add_command(demo_command)
 main.add_command(report_command)
+main.add_command(calibrate_incidents)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from workbench.errors import ContractError, Issue
@@ -130,6 +131,11 @@ SCHEMA: dict[str, pl.DataType] = {
 SERVER_PATTERN = re.compile(SERVER_NAME_PATTERN)
 # Longest prefix first so that "pprisk" is not shadowed by a shorter prefix.
 _PREFIXES = sorted(PROFILE_PREFIXES.items(), key=lambda kv: -len(kv[0]))
+
+
+def high_is_bad(metrics: Sequence[str]) -> np.ndarray:
+    """Return each metric's ``high_is_bad`` flag as a boolean array."""
+    return np.array([METRIC_BY_NAME[m].high_is_bad for m in metrics], dtype=bool)
 
 
 def infer_profile(server_name: str) -> str:

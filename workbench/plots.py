@@ -360,3 +360,86 @@ def size_study_plot(table: pl.DataFrame, *, chosen: str, cost: str = "engine_ms"
         margin={"t": 50},
     )
     return fig
+
+
+def reliability_diagram(table: pl.DataFrame, *, title: str = "reliability") -> go.Figure:
+    """Return observed rate against mean predicted probability per bin, one line per fleet and window.
+
+    Args:
+        table: Rows of :func:`workbench.evaluation.probability.reliability` with ``fleet`` and
+            ``window`` columns; a marker's size grows with the bin's examples.
+        title: Figure title.
+    """
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "grey"}))
+    for k, ((fleet, window), part) in enumerate(table.group_by("fleet", "window", maintain_order=True)):
+        sizes = (6 + 3 * part["examples"].log10()).to_list()
+        fig.add_trace(
+            go.Scatter(
+                x=part["predicted"].to_list(),
+                y=part["observed"].to_list(),
+                mode="lines+markers",
+                name=f"{fleet} · {window}",
+                marker={"size": sizes, "color": _color(k)},
+                line={"color": _color(k)},
+                customdata=part["examples"].to_list(),
+                hovertemplate="predicted %{x:.3f}<br>observed %{y:.3f}<br>%{customdata} examples",
+            )
+        )
+    fig.update_layout(
+        title=title, xaxis_title="predicted probability", yaxis_title="observed frequency", height=420, margin={"t": 50}
+    )
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def precision_recall_plot(curve: pl.DataFrame, *, chosen: float, others: pl.DataFrame | None = None) -> go.Figure:
+    """Return event-level precision against recall over the alert threshold, the chosen one marked.
+
+    Args:
+        curve: Rows of :func:`workbench.early_warning.fit.threshold_curve`.
+        chosen: The threshold the bundle alerts at.
+        others: Optional ``rule, recall, precision`` rows of other rules, drawn as points.
+    """
+    pts = curve.drop_nulls(["recall", "precision"])
+    fig = go.Figure(
+        go.Scatter(
+            x=pts["recall"].to_list(),
+            y=pts["precision"].to_list(),
+            mode="lines+markers",
+            name="calibrated rule",
+            customdata=pts["threshold"].to_list(),
+            hovertemplate="threshold %{customdata}<br>recall %{x:.2f}<br>precision %{y:.2f}",
+        )
+    )
+    mine = pts.filter(pl.col("threshold") == chosen)
+    if mine.height:
+        fig.add_trace(
+            go.Scatter(
+                x=mine["recall"].to_list(),
+                y=mine["precision"].to_list(),
+                mode="markers",
+                name=f"chosen τ = {chosen:g}",
+                marker={"size": 14, "color": "#2ca02c", "symbol": "star"},
+            )
+        )
+    for k, row in enumerate((others if others is not None else pl.DataFrame()).to_dicts()):
+        fig.add_trace(
+            go.Scatter(
+                x=[row["recall"]],
+                y=[row["precision"]],
+                mode="markers",
+                name=row["rule"],
+                marker={"size": 11, "color": _color(k + 2), "symbol": "diamond"},
+            )
+        )
+    fig.update_layout(
+        title="event-level precision–recall (warning ≥ 30 min before onset)",
+        xaxis_title="recall",
+        yaxis_title="precision",
+        height=420,
+        margin={"t": 50},
+    )
+    fig.update_xaxes(range=[0, 1.02])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig

@@ -9,10 +9,16 @@ Rules (all constants below are module-level so that the dashboard and the docs q
 * Per metric and window, the probability is the largest exceedance probability over the
   window's steps (30 min = the first 6 steps, 8 h = the first 96). Per server, metrics are
   combined as ``1 - prod(1 - p)`` (independence; ``max`` over metrics would be the lower bound).
+* With a bundle's incident calibration (:class:`~workbench.early_warning.IncidentCalibration`),
+  the two ``critical`` columns are replaced by probabilities learned from ground truth: per
+  metric and per server, P(in an incident at some step of the window); the server's figure is
+  the calibrator's own (not ``1 - prod``). ``calibrated`` says which kind a report holds.
 * ``risk_score = 100 * max(p_crit_30m, 0.8 p_crit_8h, 0.5 p_warn_30m, 0.4 p_warn_8h)`` on the
   server's combined probabilities: 100 is "critical within 30 min for sure", 80 "critical
-  within 8 h for sure", 50 "warning within 30 min", 40 "warning within 8 h". It never decreases
-  when any probability grows. The driver is the metric with the largest such term on its own.
+  within 8 h for sure", 50 "warning within 30 min", 40 "warning within 8 h". Calibrated, the
+  warning terms drop out (ordinary load reaches the warning level; only incidents reach
+  critical), so the score is ``100 * max(p_incident_30m, 0.8 p_incident_8h)``. It never
+  decreases when any probability grows. The driver is the metric with the largest term.
 * Fleet health from the forecast servers' scores: ``critical`` when at least 10 % are high-risk
   (score >= 70); ``degraded`` when at least 2 % are high-risk or at least 10 % are elevated
   (score >= 40); else ``healthy``; ``unknown`` when no server is forecast yet.
@@ -27,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from workbench import contract as c
+from workbench.early_warning.calibrator import IncidentCalibration, any_of
+from workbench.early_warning.features import warning_features
 from workbench.errors import ConfigError
 from workbench.thresholds import Thresholds
 
@@ -39,6 +47,7 @@ WINDOW_30M_STEPS = 30 * 60 // c.STEP_SECONDS
 WINDOW_8H_STEPS = 8 * 3600 // c.STEP_SECONDS
 COLUMNS = ("critical_30m", "critical_8h", "warning_30m", "warning_8h")
 WEIGHTS = np.array([1.0, 0.8, 0.5, 0.4])  # risk-score weight of each of COLUMNS
+CALIBRATED_WEIGHTS = np.array([1.0, 0.8, 0.0, 0.0])  # calibrated: incidents only
 HIGH_RISK_SCORE = 70.0
 ELEVATED_RISK_SCORE = 40.0
 CRITICAL_SHARE = 0.10
@@ -143,26 +152,6 @@ def _side(u: np.ndarray, mid_mass: float, segment_mass: float, tail_mass: float,
     return np.where(u < 1.0, np.maximum(line, tail_mass), tail)
 
 
-def level_table(forecast: Forecast, thresholds: Thresholds) -> np.ndarray:
-    """Return ``(servers, targets, 2)`` warning and critical levels for each server's profile.
-
-    Metrics without a level for a profile hold NaN (they never alert).
-    """
-    profiles, inverse = np.unique(np.asarray(forecast.profiles, dtype=str), return_inverse=True)
-    table = np.full((len(profiles), len(forecast.targets), 2), np.nan)
-    for p, profile in enumerate(profiles):
-        levels = thresholds.for_profile(str(profile))
-        for j, metric in enumerate(forecast.targets):
-            if metric in levels:
-                table[p, j] = (levels[metric].warning, levels[metric].critical)
-    return table[inverse.reshape(-1)]
-
-
-def high_is_bad(targets: Sequence[str]) -> np.ndarray:
-    """Return the contract's ``high_is_bad`` flag of each target."""
-    return np.array([c.METRIC_BY_NAME[t].high_is_bad for t in targets], dtype=bool)
-
-
 @dataclass(frozen=True, eq=False)
 class RiskReport:
     """Exceedance probabilities, risk scores and fleet figures for one forecast.
@@ -177,6 +166,8 @@ class RiskReport:
         driver: Metric with the largest weighted probability per server (``None`` at 0).
         warming_up: Servers not forecast yet (too little history).
         missing: Servers not forecast because some targets have no value in their window.
+        calibrated: Whether the critical columns are incident probabilities learned from ground
+            truth (``False``: band exceedances, not checked against any).
     """
 
     servers: tuple[str, ...]
@@ -188,6 +179,7 @@ class RiskReport:
     driver: tuple[str | None, ...]
     warming_up: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    calibrated: bool = False
 
     @property
     def p_critical_30m(self) -> np.ndarray:
@@ -212,12 +204,12 @@ class RiskReport:
     @property
     def incident_probability_30m(self) -> float:
         """Probability that at least one server goes critical within 30 min (servers independent)."""
-        return float(_any_of(self.p_critical_30m, axis=0))
+        return float(any_of(self.p_critical_30m, axis=0))
 
     @property
     def incident_probability_8h(self) -> float:
         """Probability that at least one server goes critical within 8 h (servers independent)."""
-        return float(_any_of(self.p_critical_8h, axis=0))
+        return float(any_of(self.p_critical_8h, axis=0))
 
     @property
     def expected_incidents_30m(self) -> float:
@@ -258,6 +250,7 @@ class RiskReport:
             "warming_up_servers": len(self.warming_up),
             "missing_metrics_servers": len(self.missing),
             "max_risk_score": round(float(self.risk_score.max(initial=0.0)), 1),
+            "probabilities": "calibrated" if self.calibrated else "uncalibrated",
         }
 
     def server_json(self) -> dict[str, dict[str, Any]]:
@@ -300,18 +293,31 @@ def fleet_health(risk_score: np.ndarray) -> str:
     return "healthy"
 
 
-def risk(forecast: Forecast, thresholds: Thresholds, *, tails: Tails = "exponential") -> RiskReport:
-    """Compute exceedance probabilities, risk scores and fleet figures for a forecast.
+def risk(
+    forecast: Forecast,
+    thresholds: Thresholds,
+    *,
+    incidents: IncidentCalibration | None = None,
+    tails: Tails = "exponential",
+) -> RiskReport:
+    """Compute incident probabilities, risk scores and fleet figures for a forecast.
 
     Args:
         forecast: Quantile forecasts; servers without one (warming up, missing metrics) count in
             ``total_servers`` only.
         thresholds: Warning and critical levels (per profile); metrics without one score 0.
+        incidents: The bundle's incident calibration; ``None`` leaves the band exceedances,
+            reported as ``uncalibrated``.
         tails: Passed to :func:`exceedance_probability`.
     """
     per_metric = _metric_probabilities(forecast, thresholds, tails)
-    combined = _any_of(per_metric, axis=1)
-    weighted = (per_metric * WEIGHTS).max(axis=2)  # (servers, targets)
+    combined = any_of(per_metric, axis=1)
+    weights = WEIGHTS
+    if incidents is not None and len(forecast.servers):
+        features = warning_features(forecast, thresholds)
+        per_metric[..., :2], combined[:, :2] = incidents.predict(features.values, forecast.targets)
+        weights = CALIBRATED_WEIGHTS
+    weighted = (per_metric * weights).max(axis=2)  # (servers, targets)
     best = weighted.argmax(axis=1) if weighted.size else np.zeros(len(forecast.servers), dtype=np.int64)
     driver = tuple(
         forecast.targets[j] if weighted.size and weighted[i, j] > 0 else None for i, j in enumerate(best.tolist())
@@ -322,30 +328,25 @@ def risk(forecast: Forecast, thresholds: Thresholds, *, tails: Tails = "exponent
         targets=tuple(forecast.targets),
         metric_probabilities=per_metric,
         probabilities=combined,
-        risk_score=100.0 * (combined * WEIGHTS).max(axis=1, initial=0.0),
+        risk_score=100.0 * (combined * weights).max(axis=1, initial=0.0),
         driver=driver,
         warming_up=tuple(forecast.warming_up),
         missing=tuple(getattr(forecast, "missing", {})),  # servers whose window lacks a target
+        calibrated=incidents is not None,
     )
-
-
-def _any_of(p: np.ndarray, axis: int) -> np.ndarray:
-    """Return ``1 - prod(1 - p)`` along ``axis``, accurate for tiny probabilities too."""
-    with np.errstate(divide="ignore"):  # log1p(-1) = -inf gives exactly 1
-        return -np.expm1(np.log1p(-p).sum(axis=axis))
 
 
 def _metric_probabilities(forecast: Forecast, thresholds: Thresholds, tails: Tails) -> np.ndarray:
     """Return ``(servers, targets, 4)`` windowed probabilities in :data:`COLUMNS` order."""
     n, m = len(forecast.servers), len(forecast.targets)
     out = np.zeros((n, m, len(COLUMNS)))
-    levels = level_table(forecast, thresholds)
+    levels = thresholds.array(forecast.profiles, forecast.targets)
     cols = np.flatnonzero(~np.isnan(levels).all(axis=(0, 2)))  # metrics with a level somewhere
     if n == 0 or cols.size == 0:
         return out
     h8 = min(WINDOW_8H_STEPS, forecast.horizon)
     h30 = min(WINDOW_30M_STEPS, h8)
-    high = high_is_bad(forecast.targets)[cols]
+    high = c.high_is_bad(forecast.targets)[cols]
     z = np.empty((n, cols.size, 4))
     for start in range(0, n, CHUNK_SERVERS):  # chunks keep the temporaries in cache
         rows = slice(start, start + CHUNK_SERVERS)

@@ -6,11 +6,12 @@ all read the same table, so that "critical" means one thing across the workbench
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from workbench import contract as c
@@ -72,6 +73,20 @@ class Thresholds:
     def level(self, metric: str, profile: str = c.DEFAULT_PROFILE) -> Level | None:
         """Return the level of ``metric`` for ``profile``, or ``None`` when it never alerts."""
         return self.for_profile(profile).get(metric)
+
+    def array(self, profiles: Sequence[str], metrics: Sequence[str]) -> np.ndarray:
+        """Return ``(servers, metrics, 2)`` warning and critical levels for each server's profile.
+
+        Metrics without a level for a profile hold NaN (they never alert).
+        """
+        names, inverse = np.unique(np.asarray(profiles, dtype=str), return_inverse=True)
+        table = np.full((len(names), len(metrics), 2), np.nan)
+        for p, profile in enumerate(names):
+            levels = self.for_profile(str(profile))
+            for j, metric in enumerate(metrics):
+                if metric in levels:
+                    table[p, j] = (levels[metric].warning, levels[metric].critical)
+        return table[inverse.reshape(-1)]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from workbench import contract as c
 from workbench.alerts import SEVERITIES, AlertTracker
 from workbench.baselines import BASELINES, RESIDUAL_ORIGINS, SEASON_STEPS, Panel, panel_from_frame, step_of
+from workbench.early_warning.dataset import WarningSet
+from workbench.early_warning.features import warning_features
 from workbench.errors import ConfigError
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.evaluation.warning import (
@@ -92,6 +94,7 @@ class BacktestResult:
         targets: Scored metrics.
         examples: Forecasts of every model at :attr:`example_origin`, for fan charts.
         example_origin: The scored origin the examples come from.
+        warning_set: Warning features of the TFT's forecasts at the early-warning origins.
     """
 
     board: ScoreBoard
@@ -102,6 +105,7 @@ class BacktestResult:
     targets: tuple[str, ...]
     examples: dict[str, Forecast] = field(default_factory=dict)
     example_origin: int | None = None
+    warning_set: WarningSet | None = None
 
     @property
     def scores(self) -> pl.DataFrame:
@@ -179,14 +183,15 @@ def backtest(
     result = BacktestResult(
         ScoreBoard(targets, horizon), pl.DataFrame(schema=ALARM_SCHEMA), None, scored, servers, targets
     )
-    feeder = _Feeder(Engine(bundle), data)
-    tracker, alarm_parts = AlertTracker(), []
+    feeder = HistoryFeeder(Engine(bundle), data)
+    tracker, alarm_parts, feature_parts = AlertTracker(), [], []
     rank = SEVERITIES.index(config.alert_severity) + 1
     for origin in tqdm(sorted(set(scored) | set(warn)), desc="backtest", disable=not config.progress):
         forecast = feeder.forecast_at(origin, list(servers))
         if origin in warn:
             active = [a for a in tracker.update(forecast, thresholds).active if a.rank >= rank]
             alarm_parts.append([(TFT, a.server, a.metric, origin) for a in active])
+            feature_parts.append(warning_features(forecast, thresholds))
         if origin in scored:
             forecasts = _score_origin(result.board, panel, actual, origin, forecast, config, horizon)
             if origin == keep_at:
@@ -194,11 +199,17 @@ def backtest(
     if warn:
         result.window = Window(servers, warn[0], warn[-1], config.warning_stride, max_lead_steps=horizon)
         result.alarms = _alarms(alarm_parts, panel, np.array(warn), thresholds, horizon)
+        result.warning_set = WarningSet.stack(servers, targets, warn, feature_parts)
     return result
 
 
-class _Feeder:
-    """Feeds an engine the rows up to each origin, in increasing order, then forecasts."""
+class HistoryFeeder:
+    """Feeds an engine the rows up to each origin, in increasing order, then forecasts.
+
+    Args:
+        engine: The engine to feed (it keeps only the history its model reads).
+        data: Contract rows on the step grid.
+    """
 
     def __init__(self, engine: Engine, data: pl.DataFrame) -> None:
         self.engine = engine
@@ -208,6 +219,7 @@ class _Feeder:
         self.fed = int(self.steps.min()) - 1 if len(self.steps) else 0
 
     def forecast_at(self, origin: int, servers: list[str]) -> Forecast:
+        """Ingest the rows up to ``origin`` (inclusive) and forecast ``servers`` from there."""
         lo = max(self.fed, origin - self.engine.store.capacity)
         a, b = np.searchsorted(self.steps, [lo, origin], side="right")
         if b > a:

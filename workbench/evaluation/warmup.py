@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from workbench import contract as c
 from workbench.baselines import SEASON_STEPS, panel_from_frame, step_of
 from workbench.errors import ConfigError
-from workbench.evaluation.backtest import _Feeder
+from workbench.evaluation.backtest import HistoryFeeder
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.inference.engine import Engine
 from workbench.inference.forecast import postprocess
@@ -86,7 +86,7 @@ def warmup_curve(
     if not origins or min(origins) - offset < max(lengths) - 1 or max(origins) + horizon > panel.last_step:
         raise ConfigError(f"origins need {max(lengths)} steps of history before them and {horizon} after")
     engine = Engine(bundle)
-    feeder, board = _Feeder(engine, data), ScoreBoard(targets, horizon)
+    feeder, board = HistoryFeeder(engine, data), ScoreBoard(targets, horizon)
     for origin in tqdm(sorted(origins), desc="warm-up", disable=not progress):
         feeder.forecast_at(origin, list(panel.servers))  # feeds the windows; its own forecast is unused
         names = [s for s in panel.servers if engine.store.history(s) >= max(lengths)]

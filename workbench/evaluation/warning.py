@@ -27,11 +27,11 @@ Scoring, per rule (steps are 5 minutes; ``min_lead`` = 30 min, ``max_lead`` = th
   data). **False alarm**: any other episode on a primary metric. Precision = true episodes /
   (true + false episodes); F1 from recall and precision; false alarms per server-day divide
   the false episodes by ``servers × evaluated days``.
-* **Unscored**: episodes on metrics that are no incident type's primary metric (latency,
-  throughput). The simulator couples latency to load, and latency exceeds its critical level
-  outside incidents on 2–3 % of ml_compute/data_ingest rows, with no ground truth to say
-  whether that was an incident; such alarms are counted separately and are neither hits nor
-  false alarms.
+* **Unscored**: episodes on metrics that are no incident type's primary metric (disk and
+  network throughput, which have no default thresholds); they are counted separately and are
+  neither hits nor false alarms. Every metric with a default critical level, latency included,
+  is the primary metric of some incident type and reaches that level only inside such
+  incidents, so its episodes are scored like any other.
 """
 
 from __future__ import annotations
@@ -63,19 +63,6 @@ def empty_alarms() -> pl.DataFrame:
     return pl.DataFrame(schema=ALARM_SCHEMA)
 
 
-def level_array(profiles: Sequence[str], targets: Sequence[str], thresholds: Thresholds, kind: str) -> np.ndarray:
-    """Return ``(servers, targets)`` levels of ``kind`` (``warning`` or ``critical``), NaN where none."""
-    if kind not in ("warning", "critical"):
-        raise ConfigError(f"level kind must be warning or critical, got {kind!r}")
-    out = np.full((len(profiles), len(targets)), np.nan)
-    for i, profile in enumerate(profiles):
-        levels = thresholds.for_profile(profile)
-        for j, metric in enumerate(targets):
-            if metric in levels:
-                out[i, j] = getattr(levels[metric], kind)
-    return out
-
-
 def alarm_table(rule: str, panel: Panel, active: np.ndarray, steps: np.ndarray) -> pl.DataFrame:
     """Return the alarm rows of a boolean ``(servers, len(steps), targets)`` array."""
     ii, kk, jj = np.nonzero(active)
@@ -92,7 +79,7 @@ def alarm_table(rule: str, panel: Panel, active: np.ndarray, steps: np.ndarray) 
 
 def static_alarms(panel: Panel, steps: np.ndarray, thresholds: Thresholds) -> pl.DataFrame:
     """Return the alarms of the static rule (current value at or above the warning level) at ``steps``."""
-    warn = level_array(panel.profiles, panel.targets, thresholds, "warning")
+    warn = thresholds.array(panel.profiles, panel.targets)[..., 0]
     idx = np.asarray(steps) - panel.last_step + panel.values.shape[1] - 1
     active = panel.values[:, idx] >= warn[:, None, :]  # NaN compares False
     return alarm_table("static", panel, active, np.asarray(steps))
@@ -100,7 +87,7 @@ def static_alarms(panel: Panel, steps: np.ndarray, thresholds: Thresholds) -> pl
 
 def linear_alarms(panel: Panel, steps: np.ndarray, thresholds: Thresholds, horizon: int) -> pl.DataFrame:
     """Return the alarms of the ``predict_linear`` rule: the line reaches critical within ``horizon`` steps."""
-    crit = level_array(panel.profiles, panel.targets, thresholds, "critical")
+    crit = thresholds.array(panel.profiles, panel.targets)[..., 1]
     idx = np.asarray(steps) - panel.last_step + panel.values.shape[1] - 1
     intercept, slope = linear_fit(panel.values, idx)
     near = intercept + slope * c.STEP_SECONDS

@@ -3,7 +3,9 @@
 Layout: ``model.safetensors`` (weights), ``config.json`` (training settings and network
 hyper-parameters), ``dataset.json`` (:class:`DatasetSpec`), ``contract.json`` (the contract it
 was trained on), ``training.json`` (data fingerprint, dates, losses, library versions) and,
-when training fitted one, ``calibration.json`` (:class:`BandCalibration` of the p10–p90 band).
+when fitted, ``calibration.json``: section ``bands`` (:class:`BandCalibration` of the p10–p90
+band, fitted by training) and section ``incidents`` (:class:`IncidentCalibration`, the incident
+probabilities fitted on validation fleets by ``workbench calibrate-incidents``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from workbench import contract as c
+from workbench.early_warning.calibrator import IncidentCalibration
 from workbench.errors import BundleError
-from workbench.model.calibration import BandCalibration
+from workbench.model.calibration import CALIBRATION_VERSION, BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.network import network_from_hparams
@@ -44,6 +47,8 @@ class Bundle:
         training: The training record.
         path: Folder it was loaded from or saved to, if any.
         calibration: The band calibration applied to every forecast, if any.
+        incidents: Incident probabilities learned from ground truth (``None``: the bundle's
+            probabilities are uncalibrated, and every figure built on them says so).
     """
 
     network: TemporalFusionTransformer
@@ -53,6 +58,7 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     calibration: BandCalibration | None = None
+    incidents: IncidentCalibration | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -79,12 +85,24 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     _write_json(out / "dataset.json", bundle.spec.to_json())
     _write_json(out / "contract.json", c.contract_json())
     _write_json(out / "training.json", bundle.training)
-    if bundle.calibration is not None:
-        _write_json(out / CALIBRATION_FILE, bundle.calibration.to_json())
-    else:
-        (out / CALIBRATION_FILE).unlink(missing_ok=True)
+    save_calibration(bundle, out)
     bundle.path = out
     return out
+
+
+def save_calibration(bundle: Bundle, path: str | Path) -> Path:
+    """Write ``calibration.json`` of ``bundle`` into folder ``path`` (removed when it has none)."""
+    file = Path(path) / CALIBRATION_FILE
+    sections: dict[str, Any] = {}
+    if bundle.calibration is not None:
+        sections.update(bundle.calibration.to_json())
+    if bundle.incidents is not None:
+        sections["incidents"] = bundle.incidents.to_json()
+    if sections:
+        _write_json(file, {"version": CALIBRATION_VERSION, **sections})
+    else:
+        file.unlink(missing_ok=True)
+    return file
 
 
 def load_bundle(path: str | Path, *, targets: Sequence[str] | None = None, device: str | None = None) -> Bundle:
@@ -115,10 +133,14 @@ def load_bundle(path: str | Path, *, targets: Sequence[str] | None = None, devic
     target_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     network = network.to(target_device).eval()
     training = _read_json(root / "training.json")
-    calibration = None
+    calibration, incidents = None, None
     if (root / CALIBRATION_FILE).is_file():
-        calibration = BandCalibration.from_json(_read_json(root / CALIBRATION_FILE), spec.targets, spec.horizon)
-    return Bundle(network, spec, config, config_json["network"], training, root, calibration)
+        stored = _read_json(root / CALIBRATION_FILE)
+        if "bands" in stored:
+            calibration = BandCalibration.from_json(stored, spec.targets, spec.horizon)
+        if "incidents" in stored:
+            incidents = IncidentCalibration.from_json(stored["incidents"])
+    return Bundle(network, spec, config, config_json["network"], training, root, calibration, incidents)
 
 
 def _check_targets(root: Path, spec: DatasetSpec, config: TrainConfig, expected: Sequence[str] | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -72,12 +73,14 @@ def network_from_hparams(hparams: dict[str, Any], spec: DatasetSpec, config: Tra
     kwargs = dict(hparams)
     kwargs["embedding_sizes"] = {name: tuple(size) for name, size in kwargs.get("embedding_sizes", {}).items()}
     try:
-        network = TemporalFusionTransformer(
-            **kwargs,
-            loss=quantile_loss(config, spec),
-            logging_metrics=nn.ModuleList([]),
-            output_transformer=spec.target_normalizer(),
-        )
+        with warnings.catch_warnings():  # pytorch-forecasting keeps its loss modules as hparams on purpose
+            warnings.filterwarnings("ignore", r"Attribute '.*' is an instance of `nn.Module`")
+            network = TemporalFusionTransformer(
+                **kwargs,
+                loss=quantile_loss(config, spec),
+                logging_metrics=nn.ModuleList([]),
+                output_transformer=spec.target_normalizer(),
+            )
     except (TypeError, ValueError, KeyError) as exc:
         raise BundleError(f"config.json network hyper-parameters do not build a TFT: {exc}") from exc
     return network.eval()

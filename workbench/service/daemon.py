@@ -79,7 +79,11 @@ class InferenceDaemon:
             records=self.recovered.records,
             max_future_seconds=settings.max_future_seconds,
         )
-        documents = Documents(tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata())
+        documents = Documents(
+            tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata(), bundle.incidents
+        )
+        if bundle.incidents is None:
+            log.warning("%s has no incident calibration: probabilities are reported as uncalibrated", bundle.path)
         self.worker = None if in_thread else ForecastProcess(self._worker_config(thresholds))
         backend: Backend = Forecaster(self.engine, documents) if self.worker is None else self.worker
         self.predictor = Predictor(

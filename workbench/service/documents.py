@@ -22,6 +22,7 @@ import orjson
 
 from workbench import contract as c
 from workbench.alerts import Alert, AlertTracker
+from workbench.early_warning.calibrator import IncidentCalibration
 from workbench.inference.engine import Engine
 from workbench.inference.forecast import QUANTILE_NAMES, Forecast
 from workbench.inference.window import WindowStore
@@ -81,12 +82,15 @@ class Documents:
         horizon: Forecast steps.
         thresholds: Alert levels (for the fleet figures of an empty result).
         metadata: Fixed metadata keys (model_type, bundle, contract_version, horizon_steps, device).
+        incidents: The bundle's incident calibration (``None``: probabilities are reported as
+            ``uncalibrated``).
     """
 
     targets: tuple[str, ...]
     horizon: int
     thresholds: Thresholds
     metadata: Mapping[str, Any]
+    incidents: IncidentCalibration | None = None
 
     def publish(
         self,
@@ -105,7 +109,9 @@ class Documents:
         else:
             status, message = "ok", None
         now = datetime.now(UTC).isoformat() if forecast is not None else None
-        report_or_empty = report or risk(empty_forecast(self.targets, self.horizon), self.thresholds)
+        report_or_empty = report or risk(
+            empty_forecast(self.targets, self.horizon), self.thresholds, incidents=self.incidents
+        )
         origin = None
         if forecast is not None and len(forecast.last_step):
             origin = c.step_time(forecast.last_step.max()).isoformat()
@@ -157,7 +163,7 @@ class Forecaster:
         self.engine.store = WindowStore.from_state(state)
         result = self.engine.forecast()
         update = self.tracker.update(result, self.documents.thresholds)
-        report = risk(result, self.documents.thresholds)
+        report = risk(result, self.documents.thresholds, incidents=self.documents.incidents)
         self.last = (result, update.active)
         seconds = time.monotonic() - started
         return self.documents.publish(result, update.active, report, version=version, seconds=seconds)

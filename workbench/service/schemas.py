@@ -153,6 +153,9 @@ class Environment(BaseModel):
     high_risk_servers: int
     total_servers: int
     fleet_health: Literal["healthy", "degraded", "critical", "unknown"]
+    probabilities: Literal["calibrated", "uncalibrated"] = Field(
+        description="calibrated: learned from ground truth (calibration.json); uncalibrated: band exceedances"
+    )
 
 
 class Metadata(BaseModel):

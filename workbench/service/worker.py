@@ -256,7 +256,7 @@ def _build(config: WorkerConfig) -> Any:
         bundle, batch_size=config.batch_size, max_gap_steps=config.max_gap_steps, max_servers=config.max_servers
     )
     thresholds = Thresholds.from_dict(config.thresholds)
-    documents = Documents(tuple(bundle.targets), engine.spec.horizon, thresholds, config.metadata)
+    documents = Documents(tuple(bundle.targets), engine.spec.horizon, thresholds, config.metadata, bundle.incidents)
     log.info("forecast worker ready in %.1f s (pid %d)", time.monotonic() - started, os.getpid())
     return Forecaster(engine, documents)
 

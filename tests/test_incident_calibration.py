@@ -1,0 +1,166 @@
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from workbench import contract as c
+from workbench.early_warning import FEATURES, IncidentCalibration, WarningSet, fit_window, warning_features
+from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic
+from workbench.errors import BundleError, ConfigError
+from workbench.evaluation.probability import brier_skill, expected_calibration_error, reliability
+from workbench.inference.forecast import Forecast
+from workbench.thresholds import Thresholds
+
+H = c.HORIZON_STEPS
+F = len(FEATURES)
+METRICS = ("cpu_pct", "mem_pct")
+TRUE_W = np.array([1.2, 0.0, 0.8, 0.0, 0.0, 0.0, 0.5, -0.4])
+
+
+def constructed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, their known probabilities (a logistic truth, metric-specific bias) and drawn labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(METRICS), F))
+    logit = x @ TRUE_W + np.array([-3.0, -2.0])
+    p = 1.0 / (1.0 + np.exp(-logit))
+    return x, p, (rng.random(p.shape) < p).astype(np.int8)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x, _, y = constructed(60_000, seed=1)
+    return fit_window(x, METRICS, y, steps=6)
+
+
+def test_calibrator_recovers_known_probabilities(fitted) -> None:
+    x, p_true, y = constructed(40_000, seed=2)
+    p = fitted.metric_probability(x, METRICS)
+    assert np.abs(p - p_true).mean() < 0.02
+    assert expected_calibration_error(p, y) < 0.02
+    assert expected_calibration_error(p, p_true) < 0.02  # against the known probabilities themselves
+    assert brier_skill(p, y) > 0.2
+
+
+def test_probability_never_falls_as_the_risky_feature_grows(fitted) -> None:
+    x = np.zeros((200, len(METRICS), F))
+    x[:, :, 0] = np.linspace(-6, 6, 200)[:, None]  # the current value's distance, weight 1.2
+    p = fitted.metric_probability(x, METRICS)
+    assert (np.diff(p, axis=0) >= 0).all()
+    assert p[0, 0] < 0.01 and p[-1, 0] > 0.9
+    server = fitted.server_probability(p)
+    assert (np.diff(server) >= 0).all() and (server >= p.max(axis=1) - 0.05).all()
+
+
+def test_calibration_round_trips_through_json(fitted) -> None:
+    calibration = IncidentCalibration(dict.fromkeys(WINDOW_STEPS, fitted), alert={"threshold": 0.4})
+    text = json.dumps(calibration.to_json())
+    back = IncidentCalibration.from_json(json.loads(text))
+    x, _, _ = constructed(500, seed=3)
+    for name in WINDOW_STEPS:
+        assert np.allclose(back.windows[name].metric_probability(x, METRICS), fitted.metric_probability(x, METRICS))
+    assert back.alert["threshold"] == 0.4
+    assert "pickle" not in text
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(version=99), "version"),
+        (lambda d: d.update(features=["current"]), "features"),
+        (lambda d: d["windows"]["8h"]["metric_map"].update(y=[0.5, 0.2]), "malformed"),
+        (lambda d: d["windows"]["30m"]["scores"].pop("*"), "malformed"),
+        (lambda d: d["windows"].pop("30m"), "window"),
+    ],
+)
+def test_a_broken_incidents_section_is_refused_with_its_reason(fitted, edit, message) -> None:
+    data = IncidentCalibration(dict.fromkeys(WINDOW_STEPS, fitted)).to_json()
+    edit(data)
+    with pytest.raises(BundleError, match=message):
+        IncidentCalibration.from_json(data)
+
+
+def test_isotonic_map_is_monotone_and_bounded() -> None:
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-2 * score))).astype(float)
+    iso = Isotonic.fit(score, y)
+    grid = np.linspace(-10, 10, 500)
+    out = iso(grid)
+    assert (np.diff(out) >= 0).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_fit_refuses_a_fleet_without_incidents() -> None:
+    x = np.zeros((100, 1, F))
+    with pytest.raises(ConfigError, match="both"):
+        fit_window(x, ("cpu_pct",), np.zeros((100, 1)), steps=6)
+
+
+def ramp_forecast(cpu_p90: np.ndarray, cpu_now: float) -> Forecast:
+    targets = ("cpu_pct", "net_in_mb_s")
+    q = np.full((1, 2, H, 3), 10.0)
+    q[0, 0, :, 2] = cpu_p90
+    q[0, 0, :, 1] = cpu_p90 - 5
+    q[0, 0, :, 0] = cpu_p90 - 10
+    return Forecast(["s1"], ["generic"], targets, np.array([1000]), q, np.array([[cpu_now, 10.0]]))
+
+
+def test_features_measure_distance_to_the_critical_level_by_window() -> None:
+    # generic cpu: warning 80, critical 95 -> distance (x - 95) / 15
+    p90 = np.full(H, 80.0)
+    p90[10] = 95.0  # touches critical 55 min ahead: inside the 2-h window only
+    feats = warning_features(ramp_forecast(p90, cpu_now=65.0), Thresholds())
+    row = dict(zip(FEATURES, feats.values[0, 0], strict=True))
+    assert row["current"] == pytest.approx(-2.0)
+    assert row["p90_30m"] == pytest.approx(-1.0) and row["p90_2h"] == pytest.approx(0.0)
+    assert row["p90_8h"] == pytest.approx(-1.0) and row["p50_2h"] == pytest.approx(-1 / 3)
+    assert row["rise_1h"] == pytest.approx((75 - 65) / 15)
+    assert feats.alerting.tolist() == [[True, False]]  # net_in has no level
+    assert np.isnan(feats.values[0, 1]).all()
+
+
+def test_labels_mark_origins_whose_window_meets_the_critical_phase() -> None:
+    origins = np.arange(100, 200)
+    ws = WarningSet(("a", "b"), ("cpu_pct", "mem_pct"), origins, np.zeros((100, 2, 2, F)))
+    at = lambda step: datetime.fromtimestamp(step * c.STEP_SECONDS, UTC)  # noqa: E731
+    incidents = pl.DataFrame(
+        {
+            c.SERVER: ["a", "b"],
+            "metric": ["cpu_pct", "mem_pct"],
+            "onset": [at(150), None],
+            "end": [at(160), at(170)],
+        }
+    )
+    labels = ws.labels(incidents, window_steps=6)
+    cpu_a = labels[:, 0, 0]
+    assert origins[cpu_a == 1].tolist() == list(range(144, 159))  # onset within 6 steps .. last step before end
+    assert labels[:, 1].sum() == 0 and labels[:, 0, 1].sum() == 0  # no onset: never an event
+
+
+def test_reliability_table_bins_predictions() -> None:
+    p = np.array([0.05, 0.05, 0.95, 0.95])
+    y = np.array([0, 0, 1, 0])
+    table = reliability(p, y)
+    assert table["examples"].to_list() == [2, 2]
+    assert table["observed"].to_list() == [0.0, 0.5]
+    assert expected_calibration_error(p, y) == pytest.approx(0.5 * 0.05 + 0.5 * 0.45)
+
+
+def test_risk_uses_the_calibration_and_says_so(fitted) -> None:
+    from workbench.risk import risk
+
+    p90 = np.full(H, 80.0)
+    p90[3] = 99.0
+    forecast = ramp_forecast(p90, cpu_now=85.0)
+    plain = risk(forecast, Thresholds())
+    assert not plain.calibrated and plain.environment()["probabilities"] == "uncalibrated"
+    calibration = IncidentCalibration(dict.fromkeys(WINDOW_STEPS, fitted))
+    report = risk(forecast, Thresholds(), incidents=calibration)
+    assert report.calibrated and report.environment()["probabilities"] == "calibrated"
+    features = warning_features(forecast, Thresholds()).values
+    metric, server = calibration.predict(features, forecast.targets)
+    assert np.allclose(report.metric_probabilities[..., :2], metric)
+    assert np.allclose(report.probabilities[:, :2], server)
+    assert report.risk_score[0] == pytest.approx(100 * max(server[0, 0], 0.8 * server[0, 1]))
+    assert report.incident_probability_30m == pytest.approx(server[0, 0])

@@ -1,0 +1,98 @@
+"""What a forecast says about an incident coming: features per server and alerting metric.
+
+Every value is a *normalised distance to the critical level*, ``(x - critical) / (critical -
+warning)`` (signs flipped where low is bad): 0 at the critical level, -1 at the warning level,
+positive past critical. Distances make one scale for every metric and profile, so a single
+calibrator serves a fleet whose levels differ per profile. The features of a (server, metric):
+
+* ``current``: the last observed value;
+* ``p50_<w>``, ``p90_<w>``: the largest median and upper band edge over the window ``w`` of the
+  horizon (``30m``: steps 1–6, ``2h``: steps 7–24, ``8h``: steps 25–96), i.e. how close the
+  forecast comes to the level and when;
+* ``rise_1h``: the median one hour ahead less the current value (the forecast's slope).
+
+Distances are clipped to ``[-CLIP_LOW, CLIP_HIGH]``: far below warning, how far no longer matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from workbench import contract as c
+from workbench.thresholds import Thresholds
+
+if TYPE_CHECKING:  # the forecast module imports numba; features need only numpy
+    from workbench.inference.forecast import Forecast
+
+WINDOWS: tuple[tuple[str, int, int], ...] = (("30m", 0, 6), ("2h", 6, 24), ("8h", 24, c.HORIZON_STEPS))
+FEATURES: tuple[str, ...] = (
+    "current",
+    *(f"{q}_{name}" for name, _, _ in WINDOWS for q in ("p50", "p90")),
+    "rise_1h",
+)
+CLIP_LOW, CLIP_HIGH = 8.0, 4.0
+STEPS_1H = 3600 // c.STEP_SECONDS
+
+
+@dataclass(frozen=True, eq=False)
+class WarningFeatures:
+    """Features of every forecast server and metric.
+
+    Attributes:
+        servers: Forecast servers, in row order.
+        profiles: Profile of each server.
+        metrics: Forecast metrics, in column order.
+        values: ``(servers, metrics, len(FEATURES))`` features; NaN where the metric has no level.
+        alerting: ``(servers, metrics)`` whether the metric has a critical level for the server.
+        last_step: Origin step of each server.
+    """
+
+    servers: tuple[str, ...]
+    profiles: tuple[str, ...]
+    metrics: tuple[str, ...]
+    values: np.ndarray
+    alerting: np.ndarray
+    last_step: np.ndarray
+
+
+def warning_features(forecast: Forecast, thresholds: Thresholds) -> WarningFeatures:
+    """Return the features of every server and metric of ``forecast`` (see the module docstring).
+
+    Args:
+        forecast: Quantile forecasts of at least 96 steps (servers warming up have none).
+        thresholds: Warning and critical levels per profile.
+    """
+    levels = thresholds.array(forecast.profiles, forecast.targets)  # (n, m, 2)
+    warning, critical = levels[..., 0], levels[..., 1]
+    sign = np.where(c.high_is_bad(forecast.targets), 1.0, -1.0)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = sign * (critical - warning)
+
+        def distance(x: np.ndarray, extra: int = 0) -> np.ndarray:
+            shape = (slice(None), slice(None)) + (None,) * extra
+            return sign[shape] * (x - critical[shape]) / scale[shape]
+
+        q = np.sort(forecast.quantiles, axis=-1)
+        high = sign[..., None] > 0
+        median = q[..., 1]
+        edge = np.where(high, q[..., 2], q[..., 0])  # the band edge on the bad side
+        columns = [distance(forecast.current)]
+        for _, lo, hi in WINDOWS:
+            columns.append(distance(median[:, :, lo:hi], 1).max(axis=-1))
+            columns.append(distance(edge[:, :, lo:hi], 1).max(axis=-1))
+        columns.append(distance(median[:, :, STEPS_1H - 1]) - columns[0])
+    values = np.clip(np.stack(columns, axis=-1), -CLIP_LOW, CLIP_HIGH)
+    alerting = np.isfinite(critical) & (scale > 0)
+    values[~alerting] = np.nan
+    values[alerting] = np.nan_to_num(values[alerting], nan=-CLIP_LOW)  # a gap in the window reads as "far below"
+    return WarningFeatures(
+        tuple(forecast.servers),
+        tuple(forecast.profiles),
+        tuple(forecast.targets),
+        values,
+        alerting,
+        np.asarray(forecast.last_step),
+    )
