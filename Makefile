@@ -9,7 +9,7 @@ REF_DATA ?= data/reference
 REF_MODEL ?= models/reference
 REF_CRITICAL ?= data/reference-critical
 
-.PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model report size-study clean
+.PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model calibrate report warning-benchmark size-study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,16 +56,21 @@ demo-forecast: $(STAMP) $(DEMO_DIR)/metrics  ## simulate a small fleet and print
 	test -f $(DEMO_MODEL)/model.safetensors || $(MAKE) demo-model
 	$(VENV)/bin/workbench forecast --bundle $(DEMO_MODEL) --data $(DEMO_DIR) --head 24
 
-demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model until early stopping (<= 5 min on 2 cores)
+demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model until early stopping (<= 5 min on 2 cores), then fit its incident probabilities
 	$(VENV)/bin/workbench train --data $(DEMO_DIR) --out $(DEMO_MODEL) --preset demo
+	$(VENV)/bin/workbench calibrate-incidents --bundle $(DEMO_MODEL)
 
 # The evaluated model: 48 servers x 21 days; the last 3 days and a fifth of the servers are held out.
 $(REF_DATA)/metrics:
 	$(VENV)/bin/workbench generate --servers 48 --days 21 --seed 11 --out $(REF_DATA) --overwrite
 
-model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split until early stopping or its 30-min bound (2 cores: the bound)
+model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model on a held-out split until early stopping (30-min bound), then calibrate it
 	$(VENV)/bin/workbench train --data $(REF_DATA) --preset reference --holdout-days 3 --holdout-servers 0.2 \
 		--out $(REF_MODEL)
+	$(MAKE) calibrate
+
+calibrate: $(STAMP)  ## fit the reference model's incident probabilities and alert threshold on seeded validation fleets
+	$(VENV)/bin/workbench calibrate-incidents --bundle $(REF_MODEL)
 
 $(REF_MODEL)/model.safetensors: | $(STAMP) $(REF_DATA)/metrics
 	$(MAKE) model
@@ -78,6 +83,10 @@ report: $(STAMP) $(REF_DATA)/metrics $(REF_CRITICAL)/metrics $(REF_MODEL)/model.
 	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_DATA)
 	$(VENV)/bin/workbench report 03_evaluate -p bundle $(REF_MODEL) -p data $(REF_CRITICAL) -p split fleet -p test_days 2
 	$(VENV)/bin/workbench report 04_warmup_study -p bundle $(REF_MODEL) -p data $(REF_DATA)
+	$(MAKE) warning-benchmark
+
+warning-benchmark: $(STAMP) $(REF_MODEL)/model.safetensors  ## the early-warning benchmark: unseen seeded critical and healthy fleets, every rule
+	$(VENV)/bin/workbench report 06_early_warning -p bundle $(REF_MODEL) -p progress False
 
 size-study: $(STAMP) $(REF_DATA)/metrics  ## train (8 min each) and score six network sizes into reports/ (about an hour on 2 cores)
 	$(VENV)/bin/workbench report 05_model_size -p data $(REF_DATA) -p max_minutes 8 -p progress False

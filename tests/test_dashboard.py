@@ -525,3 +525,32 @@ def test_the_fan_is_sent_again_when_the_page_first_shows_it(dash, fake):
         len(updates) == 2
         and list(updates[-1]["style_data"]["y"][p50]) == fake.doc["predictions"]["ppdb001"]["cpu_pct"]["p50"]
     )
+
+
+def test_the_fan_chart_draws_the_levels_the_daemon_alerts_on(dash, fake):
+    assert dash.server_view.thresholds.level("cpu_pct", "web_api").critical == 95.0
+    doc = document({"ppdb001": 85.0, "ppweb002": 20.0})
+    doc["metadata"]["thresholds"] = {"levels": {"cpu_pct": {"warning": 70.0, "critical": 90.0}}}
+    fake.doc = doc
+    dash.refresh()
+    assert dash.server_view.thresholds.level("cpu_pct", "web_api").critical == 90.0
+    doc["metadata"]["thresholds"] = {"levels": {"cpu_pct": {"warning": 99.0, "critical": 90.0}}}  # refused: kept
+    dash.refresh()
+    assert dash.server_view.thresholds.level("cpu_pct", "web_api").critical == 90.0
+
+
+def test_alert_rows_speak_in_words_with_their_rule_and_a_legend(dash, fake):
+    words = {**alert("ppdb001"), "rule": "calibrated", "summary": "cpu_pct likely to pass 95 % in ~35 min (p = 0.81)"}
+    fake.doc = document({"ppdb001": 85.0}, alerts=[words])
+    dash.refresh()
+    assert "cpu_pct likely to pass 95 % in ~35 min (p = 0.81)" in dash.alerts.html
+    assert "learned from ground truth" in dash.alerts.html  # the calibrated rule's legend
+
+
+def test_the_environment_says_whether_probabilities_are_calibrated(dash, fake):
+    for kind in ("calibrated", "uncalibrated"):
+        doc = document({"ppdb001": 85.0})
+        doc["environment"]["probabilities"] = kind
+        fake.doc = doc
+        dash.refresh()
+        assert f"({kind})" in dash.environment.p30m.value

@@ -7,7 +7,7 @@ import pytest
 
 from workbench import contract as c
 from workbench.early_warning import FEATURES, IncidentCalibration, WarningSet, fit_window, warning_features
-from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic
+from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic, Logistic, WindowModel
 from workbench.errors import BundleError, ConfigError
 from workbench.evaluation.probability import brier_skill, expected_calibration_error, reliability
 from workbench.inference.forecast import Forecast
@@ -16,7 +16,7 @@ from workbench.thresholds import Thresholds
 H = c.HORIZON_STEPS
 F = len(FEATURES)
 METRICS = ("cpu_pct", "mem_pct")
-TRUE_W = np.array([1.2, 0.0, 0.8, 0.0, 0.0, 0.0, 0.5, -0.4])
+TRUE_W = np.array([1.2, 0.0, 0.8, 0.0, 0.0, 0.0, 0.5, -0.4, 0.3, 0.0])
 
 
 def constructed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,6 +116,7 @@ def test_features_measure_distance_to_the_critical_level_by_window() -> None:
     assert row["p90_30m"] == pytest.approx(-1.0) and row["p90_2h"] == pytest.approx(0.0)
     assert row["p90_8h"] == pytest.approx(-1.0) and row["p50_2h"] == pytest.approx(-1 / 3)
     assert row["rise_1h"] == pytest.approx((75 - 65) / 15)
+    assert row["slope_1h"] == 0 and row["change_30m"] == 0  # no history carried: no trend
     assert feats.alerting.tolist() == [[True, False]]  # net_in has no level
     assert np.isnan(feats.values[0, 1]).all()
 
@@ -164,3 +165,58 @@ def test_risk_uses_the_calibration_and_says_so(fitted) -> None:
     assert np.allclose(report.probabilities[:, :2], server)
     assert report.risk_score[0] == pytest.approx(100 * max(server[0, 0], 0.8 * server[0, 1]))
     assert report.incident_probability_30m == pytest.approx(server[0, 0])
+
+
+def test_history_features_read_the_last_hour() -> None:
+    forecast = ramp_forecast(np.full(H, 80.0), cpu_now=71.0)
+    recent = np.full((1, 12, 2), 10.0)
+    recent[0, :, 0] = 60.0 + np.arange(12)  # cpu climbs 1 % a step: 12 % an hour, up to 71 now
+    forecast.recent = recent
+    row = dict(zip(FEATURES, warning_features(forecast, Thresholds()).values[0, 0], strict=True))
+    assert row["slope_1h"] == pytest.approx(12 / 15) and row["change_30m"] == pytest.approx(6 / 15)
+
+
+def test_each_metric_reads_the_whole_server(fitted) -> None:
+    # An error storm shows in latency first: a metric's model sees every alerting metric's features.
+    x, _, y = constructed(60_000, seed=5)
+    y = y.copy()
+    y[:, 1] = (np.random.default_rng(6).random(len(x)) < 1 / (1 + np.exp(-(2.0 * x[:, 0, 0] - 3)))).astype(np.int8)
+    model = fit_window(x, METRICS, y, steps=6)
+    assert model.context == METRICS
+    probe = np.zeros((2, len(METRICS), F))
+    probe[:, 0, 0] = [-2.0, 2.0]  # only the first metric moves
+    p = model.metric_probability(probe, METRICS)
+    assert p[1, 1] > 5 * p[0, 1]  # the second metric's probability follows the first one's features
+
+
+def test_an_incident_within_30_min_is_one_within_8_h(fitted) -> None:
+    f = len(FEATURES)
+    flat = WindowModel(
+        96, {"*": Logistic(np.zeros(f), np.ones(f), np.zeros(f), -3.0)}, fitted.metric_map, fitted.server_map
+    )
+    calibration = IncidentCalibration({"30m": fitted, "8h": flat})  # a sharp 30-min model, a flat 8-h one
+    x, _, _ = constructed(2000, seed=7)
+    metric, server = calibration.predict(x, METRICS)
+    assert (metric[..., 1] >= metric[..., 0]).all() and (server[:, 1] >= server[:, 0]).all()
+    assert (metric[..., 0] > fitted.metric_probability(x, METRICS) - 1e-12).all()  # the 30-min figure is untouched
+
+
+def test_a_stale_incident_section_can_be_left_out_to_refit_it(tiny_bundle_dir, tmp_path, fitted) -> None:
+    import shutil
+
+    from workbench.model.bundle import load_bundle, save_calibration
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, folder)
+    bundle = load_bundle(folder, device="cpu")
+    assert bundle.incidents is None  # a bundle without the section says so
+    bundle.incidents = IncidentCalibration(dict.fromkeys(WINDOW_STEPS, fitted))
+    save_calibration(bundle, folder)
+    assert load_bundle(folder, device="cpu").incidents is not None
+    assert load_bundle(folder, device="cpu", incidents=False).incidents is None
+    data = json.loads((folder / "calibration.json").read_text())
+    data["incidents"]["features"] = ["current"]
+    (folder / "calibration.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="features"):
+        load_bundle(folder, device="cpu")
+    assert load_bundle(folder, device="cpu", incidents=False).incidents is None

@@ -81,7 +81,8 @@ def test_evaluate_notebook_publishes_every_figure(tmp_path, tiny_bundle_dir, cri
         assert set(metrics[key]) == models, key
     assert metrics["mase_ratio_vs_seasonal_naive"] > 0
     assert all(0 <= v <= 1 for v in metrics["coverage_p10_p90"].values())
-    assert set(metrics["early_warning"]) == {"tft", "predict_linear", "static"}
+    assert set(metrics["early_warning"]) == {"band_edge", "predict_linear", "static"}
+    assert metrics["alert_rule"] == "band_edge"  # the tiny bundle has no incident calibration
     for rule in metrics["early_warning"].values():
         keys = {"recall", "precision", "f1", "median_lead_minutes", "false_alarms_per_server_day"}
         assert keys <= set(rule)
@@ -148,3 +149,27 @@ def test_model_size_notebook_measures_every_candidate_and_picks_one(tmp_path, cr
 def test_evaluation_notebooks_declare_their_parameters(name, expected):
     declared = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
     assert expected | {"seed", "metrics_path"} <= declared
+
+
+def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path, tiny_bundle_dir):
+    import shutil
+
+    from workbench.evaluation.warning_benchmark import calibrate
+    from workbench.model.bundle import load_bundle, save_calibration
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, bundle_dir)
+    bundle = load_bundle(bundle_dir, device="cpu")
+    bundle.incidents = calibrate(bundle, scale=0.2)
+    save_calibration(bundle, bundle_dir)
+    assert load_bundle(bundle_dir, device="cpu").incidents is not None
+    metrics = run("06_early_warning", tmp_path, bundle=str(bundle_dir), scale=0.2, progress=False)
+    assert set(metrics["critical"]) == {"calibrated", "band_edge", "predict_linear", "static"}
+    assert set(metrics["healthy_false_alarms_per_server_day"]) == set(metrics["critical"])
+    assert metrics["calibrated"] is True and 0 < metrics["threshold"] <= 1
+    assert set(metrics["probability"]) == {f"{f}/{w}" for f in ("test-critical", "test-healthy") for w in ("30m", "8h")}
+    for row in metrics["probability"].values():
+        assert 0 <= row["brier"] <= 1 and (row["ece"] is None or 0 <= row["ece"] <= 1)
+    assert len(metrics["targets"]) == 14 and all(isinstance(t["met"], bool) for t in metrics["targets"])
+    assert {r["window"] for r in metrics["fleet_probability"]} == {"30m", "8h"}
+    assert {r["rule"] for r in metrics["lead_by_type"]} <= set(metrics["critical"])

@@ -2,14 +2,16 @@
 
 import json
 import os
+import shutil
 import signal
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from workbench.errors import StateError
+from workbench.errors import ConfigError, StateError
 from workbench.model import load_bundle
 from workbench.service.generator_app import encode_step
 from workbench.service.inference_app import create_app
@@ -295,3 +297,50 @@ def test_with_an_interval_forecasts_follow_the_clock_not_the_steps(make, bundle)
         time.sleep(0.5)
         assert app.state.daemon.predictor.predictions == count  # no new data: no new forecast
         assert client.get("/status").json()["predictor"]["interval"] == 0.3
+
+
+def test_an_uncalibrated_bundle_says_so_and_alerts_on_the_band_edge(make, bundle):
+    assert bundle.incidents is None
+    with TestClient(make()) as client:
+        feed(client, steps(bundle.spec.min_encoder_length + 1))
+        doc = wait_for(lambda: tft_ready(client))
+        assert doc["environment"]["probabilities"] == "uncalibrated"
+        assert doc["metadata"]["alert_rule"] == "band_edge" and doc["metadata"]["probabilities"] == "uncalibrated"
+    with pytest.raises(ConfigError, match="incident calibration"):
+        make(alert_rule="calibrated")
+
+
+def test_a_calibrated_bundle_serves_calibrated_probabilities_and_rule(make, tiny_bundle_dir, tmp_path):
+    from workbench.early_warning import IncidentCalibration
+    from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic, Logistic, WindowModel
+    from workbench.early_warning.features import FEATURES
+    from workbench.model.bundle import save_calibration
+
+    f = len(FEATURES)
+    score = Logistic(np.zeros(f), np.ones(f), np.eye(f)[0] * 2.0, -4.0)  # rises with the current value
+    knots = np.linspace(-10, 10, 41)
+    sigmoid, identity = Isotonic(knots, 1 / (1 + np.exp(-knots))), Isotonic(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    window = WindowModel(6, {"*": score}, sigmoid, identity)
+    calibrated_dir = tmp_path / "calibrated"
+    shutil.copytree(tiny_bundle_dir, calibrated_dir)
+    calibrated = load_bundle(calibrated_dir, device="cpu")
+    calibrated.incidents = IncidentCalibration(
+        dict.fromkeys(WINDOW_STEPS, window), alert={"window": "8h", "threshold": 0.5}
+    )
+    save_calibration(calibrated, calibrated_dir)
+    reloaded = load_bundle(calibrated_dir, device="cpu")
+    assert reloaded.incidents is not None
+    app = create_app(
+        InferenceSettings(
+            bundle=calibrated_dir, state_dir=None, device="cpu", poll_seconds=0.02, forecast_worker="thread"
+        ),
+        bundle=reloaded,
+    )
+    with TestClient(app) as client:
+        feed(client, steps(reloaded.spec.min_encoder_length + 1))
+        doc = wait_for(lambda: tft_ready(client))
+        assert doc["environment"]["probabilities"] == "calibrated"
+        assert doc["metadata"]["alert_rule"] == "calibrated"
+        risks = [r for r in doc["server_risk"].values() if r.get("risk_score") is not None]
+        assert risks and all(0 <= r["p_critical_30m"] <= 1 for r in risks)
+        assert {a["rule"] for a in doc["alerts"]} <= {"calibrated"}

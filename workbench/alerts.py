@@ -1,10 +1,13 @@
-"""Predictive alerts: the forecast band edge against warning and critical levels.
+"""Predictive alerts: one seam for the rules, one tracker for their lifecycle.
 
-The band edge is the p90 for metrics where high is bad (the p10 otherwise). When it reaches a
-level within the horizon, :func:`predictive_alerts` reports the highest severity reached, at
-the first step it is reached. :class:`AlertTracker` follows the alerts across successive
-forecasts with hysteresis: an alert is raised when the edge reaches its level, and it is held
-until the worst edge value of the horizon has stayed below ``level - margin * |level|`` for
+An :class:`AlertRule` looks at a forecast and says, per server and metric, which severity its
+condition reaches (:class:`Scan`), what to report for each severity (value, threshold, lead,
+probability) and whether the condition is still *near* (the hysteresis test). The rules live
+in :mod:`workbench.alert_rules`: the band edge against the levels, the calibrated incident
+probability, Prometheus' ``predict_linear`` and the static threshold. :func:`predictive_alerts`
+reports the highest severity each (server, metric) reaches in one forecast.
+:class:`AlertTracker` keeps only hysteresis and lifecycle across successive forecasts: an alert
+is raised when its condition holds, and it is held until the condition has not been near for
 ``clear_after`` consecutive updates. Escalation is immediate; de-escalation and recovery pass
 through the same hysteresis.
 """
@@ -13,13 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from workbench import contract as c
 from workbench.errors import ConfigError
-from workbench.risk import exceedance_probability
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:  # the forecast module imports torch; alerts and risk need only numpy
@@ -27,8 +29,10 @@ if TYPE_CHECKING:  # the forecast module imports torch; alerts and risk need onl
 
 Severity = Literal["warning", "critical"]
 Status = Literal["firing", "holding"]
+RULE_NAMES = ("calibrated", "band_edge", "predict_linear", "static")  # workbench.alert_rules implements them
 SEVERITIES: tuple[Severity, ...] = ("warning", "critical")  # rank = index + 1; 0 = no alert
 CLEAR_REASONS = ("recovered", "warming_up", "missing_metrics", "not_forecast", "no_threshold")
+_VERBS = {"calibrated": "likely to", "band_edge": "may", "predict_linear": "on course to"}
 _Pick = tuple[int, int, int, bool, int | None]  # server index, target index, rank, firing, since_step
 
 
@@ -44,8 +48,8 @@ class Alert:
             when firing, the worst step of the horizon when holding.
         threshold: The level of ``severity`` for the server's profile.
         minutes_ahead: Lead time of the reported step (step 1 is 5 minutes ahead).
-        probability: Largest probability, over the horizon's steps, of being past ``threshold``
-            (from the interpolated quantiles).
+        probability: The rule's probability that ``threshold`` is passed (``None`` for rules
+            that give none: ``predict_linear``, static).
         profile: Server profile (it selects the levels).
         origin_step: Global step index of the forecast origin (the last observation).
         status: ``firing`` when the edge reaches the level in this forecast, ``holding`` when
@@ -59,11 +63,12 @@ class Alert:
     predicted_value: float
     threshold: float
     minutes_ahead: int
-    probability: float
+    probability: float | None
     profile: str
     origin_step: int
     status: Status = "firing"
     since_step: int | None = None
+    rule: str = "band_edge"
 
     @property
     def rank(self) -> int:
@@ -84,13 +89,27 @@ class Alert:
             "predicted_value": round(self.predicted_value, 4),
             "threshold": self.threshold,
             "minutes_ahead": self.minutes_ahead,
-            "probability": round(self.probability, 4),
+            "probability": None if self.probability is None else round(self.probability, 4),
             "profile": self.profile,
             "status": self.status,
             "origin": c.step_time(self.origin_step).isoformat(),
             "expected_at": c.step_time(self.first_step).isoformat(),
             "since": c.step_time(self.origin_step if self.since_step is None else self.since_step).isoformat(),
+            "rule": self.rule,
+            "summary": self.summary(),
         }
+
+    def summary(self) -> str:
+        """Return the alert in words, e.g. ``cpu_pct likely to pass 95 in ~40 min (p = 0.83)``."""
+        unit = c.METRIC_BY_NAME[self.metric].unit
+        direction = "pass" if c.METRIC_BY_NAME[self.metric].high_is_bad else "fall below"
+        level = f"{self.threshold:g}{'' if unit in ('', 'ratio') else ' ' + unit}"
+        when = "now" if self.minutes_ahead <= 0 else f"in ~{_duration(self.minutes_ahead)}"
+        odds = "" if self.probability is None else f" (p = {self.probability:.2f})"
+        verb = _VERBS.get(self.rule, "may")
+        if self.rule == "static":
+            return f"{self.metric} at {self.predicted_value:.4g}, past its {self.severity} level {level}"
+        return f"{self.metric} {verb} {direction} {level} {when}{odds}".replace("  ", " ")
 
 
 @dataclass(frozen=True)
@@ -134,88 +153,91 @@ class AlertUpdate:
 
 
 @dataclass(frozen=True, eq=False)
-class _Scan:
-    """One forecast against the levels, vectorised; values are signed so that larger is worse."""
+class Scan:
+    """What a rule says about one forecast, per server ``i``, metric ``j`` and severity rank ``r``.
 
-    edge: np.ndarray  # (n, m, h) band edge
-    sign: np.ndarray  # (m,) +1 where high is bad, -1 otherwise
-    level: np.ndarray  # (n, m, 2) warning, critical; NaN where none
-    peak: np.ndarray  # (n, m) index of the worst step
-    severity: np.ndarray  # (n, m) highest level the edge reaches: 0, 1 or 2
-    near: np.ndarray  # (n, m, 2) the edge reaches the level less the margin
+    Arrays are ``(servers, metrics)`` or ``(servers, metrics, 2)`` (index ``r - 1``: warning,
+    critical); NaN thresholds mean the metric has no level there (never alerts).
 
+    Attributes:
+        severity: Highest severity whose condition holds: 0, 1 or 2.
+        near: Whether each severity's condition holds within the hysteresis margin.
+        value: Value to report per severity (e.g. the band edge where it crosses).
+        threshold: The level the alert is about, per severity, in the metric's unit.
+        minutes: Lead time to report per severity, minutes from the origin.
+        probability: Probability to report per severity (NaN: the rule gives none).
+    """
 
-def _scan(forecast: Forecast, thresholds: Thresholds, margin: float = 0.0) -> _Scan:
-    high = c.high_is_bad(forecast.targets)
-    sign = np.where(high, 1.0, -1.0)
-    q = forecast.quantiles
-    edge = q[..., 2] if high.all() else np.where(high[:, None], q[..., 2], -q[..., 0])
-    raw = thresholds.array(forecast.profiles, forecast.targets)
-    level = raw * sign[:, None]
-    peak = edge.argmax(axis=2)
-    worst = np.take_along_axis(edge, peak[..., None], axis=2)  # (n, m, 1)
-    hit = worst >= level  # NaN levels compare False: no alert
-    severity = np.where(hit[..., 1], 2, np.where(hit[..., 0], 1, 0))
-    return _Scan(edge, sign, level, peak, severity, worst >= level - margin * np.abs(raw))
+    severity: np.ndarray
+    near: np.ndarray
+    value: np.ndarray
+    threshold: np.ndarray
+    minutes: np.ndarray
+    probability: np.ndarray
 
 
-def _build(forecast: Forecast, scan: _Scan, picks: Sequence[_Pick]) -> list[Alert]:
-    """Make alerts for ``(server index, target index, severity, firing, since_step)`` picks at once."""
-    if not picks:
-        return []
-    ii, jj, ss, firing = (np.array(col) for col in list(zip(*picks, strict=True))[:4])
-    level = scan.level[ii, jj, ss - 1]
-    rows = scan.edge[ii, jj]  # (k, h)
-    step = np.where(firing, (rows >= level[:, None]).argmax(axis=1), scan.peak[ii, jj])
-    sign = scan.sign[jj]
-    threshold = level * sign
-    value = rows[np.arange(len(picks)), step] * sign
-    # The chance the threshold is crossed at some step of the horizon (its largest step-wise value):
-    # at the crossing step itself the band edge sits on the threshold, so that value is ~0.1.
-    paths = exceedance_probability(forecast.quantiles[ii, jj], threshold[:, None], high_is_bad=(sign > 0)[:, None])
-    prob = paths.max(axis=1)
-    minutes = (step + 1) * c.STEP_SECONDS // 60
-    origin = forecast.last_step[ii]
-    return [
-        Alert(
-            server=forecast.servers[i],
-            metric=forecast.targets[j],
-            severity=SEVERITIES[s - 1],
-            predicted_value=float(value[k]),
-            threshold=float(threshold[k]),
-            minutes_ahead=int(minutes[k]),
-            probability=float(prob[k]),
-            profile=forecast.profiles[i],
-            origin_step=int(origin[k]),
-            status="firing" if fire else "holding",
-            since_step=int(origin[k]) if since is None else since,
+class AlertRule(Protocol):
+    """A predictive alert rule: a name and a scan of one forecast."""
+
+    name: str
+
+    def scan(self, forecast: Forecast, thresholds: Thresholds, margin: float) -> Scan:
+        """Return the rule's :class:`Scan` of ``forecast``; ``margin`` is the hysteresis share of a level."""
+        ...
+
+
+def _build(forecast: Forecast, scan: Scan, picks: Sequence[_Pick], rule: str) -> list[Alert]:
+    """Make alerts for ``(server index, target index, severity, firing, since_step)`` picks."""
+    alerts = []
+    for i, j, rank, firing, since in picks:
+        prob = float(scan.probability[i, j, rank - 1])
+        origin = int(forecast.last_step[i])
+        alerts.append(
+            Alert(
+                server=forecast.servers[i],
+                metric=forecast.targets[j],
+                severity=SEVERITIES[rank - 1],
+                predicted_value=float(scan.value[i, j, rank - 1]),
+                threshold=float(scan.threshold[i, j, rank - 1]),
+                minutes_ahead=int(scan.minutes[i, j, rank - 1]),
+                probability=None if np.isnan(prob) else prob,
+                profile=forecast.profiles[i],
+                origin_step=origin,
+                status="firing" if firing else "holding",
+                since_step=origin if since is None else since,
+                rule=rule,
+            )
         )
-        for k, (i, j, s, fire, since) in enumerate(picks)
-    ]
+    return alerts
 
 
 def _ordered(alerts: list[Alert]) -> list[Alert]:
-    return sorted(alerts, key=lambda a: (-a.rank, a.minutes_ahead, -a.probability, a.server, a.metric))
+    return sorted(alerts, key=lambda a: (-a.rank, a.minutes_ahead, -(a.probability or 0.0), a.server, a.metric))
 
 
-def predictive_alerts(forecast: Forecast, thresholds: Thresholds) -> list[Alert]:
+def predictive_alerts(forecast: Forecast, thresholds: Thresholds, rule: AlertRule | None = None) -> list[Alert]:
     """Return the alerts of one forecast, without memory of earlier forecasts.
-
-    For each server and metric with a level, the band edge's path over the horizon is compared
-    with the critical level, then the warning level; the first level reached gives one alert,
-    at the first step that reaches it.
 
     Args:
         forecast: Quantile forecasts (warming-up servers never alert).
         thresholds: Warning and critical levels, per profile.
+        rule: The rule (default: :class:`workbench.alert_rules.BandEdgeRule`).
 
     Returns:
-        Alerts, critical first, then by lead time.
+        One alert per server and metric at the highest severity reached, critical first, then
+        by lead time.
     """
-    scan = _scan(forecast, thresholds)
+    rule = rule or _default_rule()
+    scan = rule.scan(forecast, thresholds, 0.0)
     ii, jj = np.nonzero(scan.severity)
     picks = [(i, j, int(scan.severity[i, j]), True, None) for i, j in zip(ii.tolist(), jj.tolist(), strict=True)]
-    return _ordered(_build(forecast, scan, picks))
+    return _ordered(_build(forecast, scan, picks, rule.name))
+
+
+def _default_rule() -> AlertRule:
+    from workbench.alert_rules import BandEdgeRule  # the rules build on this module's Scan
+
+    return BandEdgeRule()
 
 
 def next_severity(current: int, below: int, fresh: int, near: tuple[bool, bool], clear_after: int) -> tuple[int, int]:
@@ -256,16 +278,19 @@ class AlertTracker:
     step of the hysteresis, so call it once per new forecast.
 
     Args:
-        margin: Fraction of a level below which the edge must stay to count towards clearing.
-        clear_after: Consecutive updates below ``level - margin * |level|`` that clear an alert
-            (or lower a critical one to warning).
+        rule: The alert rule (default: :class:`workbench.alert_rules.BandEdgeRule`).
+        margin: Fraction of a level within which the rule's condition still counts as near
+            (not towards clearing).
+        clear_after: Consecutive updates not near that clear an alert (or lower a critical one
+            to warning).
     """
 
-    def __init__(self, *, margin: float = 0.05, clear_after: int = 2) -> None:
+    def __init__(self, rule: AlertRule | None = None, *, margin: float = 0.05, clear_after: int = 2) -> None:
         if not 0.0 <= margin < 1.0:
             raise ConfigError(f"alert margin must lie in [0, 1), got {margin!r}")
         if isinstance(clear_after, bool) or not isinstance(clear_after, int) or clear_after < 1:
             raise ConfigError(f"clear_after must be an integer >= 1, got {clear_after!r}")
+        self.rule = rule or _default_rule()
         self.margin = margin
         self.clear_after = clear_after
         self._active: dict[tuple[str, str], _Active] = {}
@@ -282,7 +307,7 @@ class AlertTracker:
             forecast: The newest forecast of the fleet.
             thresholds: Warning and critical levels, per profile.
         """
-        scan = _scan(forecast, thresholds, self.margin)
+        scan = self.rule.scan(forecast, thresholds, self.margin)
         rows = {s: i for i, s in enumerate(forecast.servers)}
         cols = {t: j for j, t in enumerate(forecast.targets)}
         cleared: list[Recovery] = []
@@ -311,7 +336,7 @@ class AlertTracker:
                 plan.append((key, "raised", 0))
                 picks.append((i, j, int(scan.severity[i, j]), True, None))
         events: dict[str, list[Alert]] = {"raised": [], "escalated": [], "deescalated": [], "": []}
-        for (key, event, below), alert in zip(plan, _build(forecast, scan, picks), strict=True):
+        for (key, event, below), alert in zip(plan, _build(forecast, scan, picks, self.rule.name), strict=True):
             self._active[key] = _Active(alert, below)
             events[event].append(alert)
         return AlertUpdate(
@@ -324,7 +349,7 @@ class AlertTracker:
 
 
 def _locate(
-    key: tuple[str, str], rows: dict[str, int], cols: dict[str, int], forecast: Forecast, scan: _Scan
+    key: tuple[str, str], rows: dict[str, int], cols: dict[str, int], forecast: Forecast, scan: Scan
 ) -> tuple[int, int] | str:
     """Return the array position of an active alert's server and metric, or why it must clear."""
     server, metric = key
@@ -335,6 +360,14 @@ def _locate(
     if metric not in cols:
         return "not_forecast"
     i, j = rows[server], cols[metric]
-    if np.isnan(scan.level[i, j]).all():
+    if np.isnan(scan.threshold[i, j]).all():
         return "no_threshold"
     return i, j
+
+
+def _duration(minutes: int) -> str:
+    """``40 min``, ``2 h``, ``2 h 30 min``."""
+    hours, rest = divmod(int(minutes), 60)
+    if not hours:
+        return f"{rest} min"
+    return f"{hours} h" if not rest else f"{hours} h {rest} min"

@@ -29,13 +29,13 @@ import numpy as np
 import polars as pl
 
 from workbench import contract as c
-from workbench.inference.forecast import Forecast, postprocess
+from workbench.inference.forecast import RECENT_STEPS, Forecast, postprocess
 
 SEASON_STEPS = 288
-LINEAR_WINDOW_STEPS = 3600 // c.STEP_SECONDS  # predict_linear(v[1h], ...) sees one hour of samples
+LINEAR_WINDOW_STEPS = RECENT_STEPS  # predict_linear(v[1h], ...) sees one hour of samples
 RESIDUAL_ORIGINS = 288
 MIN_RESIDUALS = 10
-QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+_BAND = (c.QUANTILE_LEVELS[0], c.QUANTILE_LEVELS[-1])  # the residual quantiles that make the p10 and p90
 
 Rule = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -248,6 +248,7 @@ def rule_forecast(panel: Panel, baseline: Baseline, horizon: int, *, residual_or
         },
         min_history=baseline.min_history,
         source=baseline.name,
+        recent=values[keep, -RECENT_STEPS:].astype(np.float64),
     )
 
 
@@ -275,10 +276,10 @@ def residual_band(values: np.ndarray, rule: Rule, horizon: int, origins: int) ->
 
 def _band(resid: np.ndarray) -> np.ndarray:
     """Return ``(n, H, 2)`` p10/p90 offsets from residuals ``(n, k, H)``, pooled where a step has too few."""
-    per_step = nan_quantiles(resid, (0.1, 0.9), axis=1)  # (2, n, H)
+    per_step = nan_quantiles(resid, _BAND, axis=1)  # (2, n, H)
     count = (~np.isnan(resid)).sum(axis=1)  # (n, H)
     n, k, h = resid.shape
-    pooled = nan_quantiles(resid.reshape(n, k * h), (0.1, 0.9), axis=1)  # (2, n)
+    pooled = nan_quantiles(resid.reshape(n, k * h), _BAND, axis=1)  # (2, n)
     pooled_ok = (~np.isnan(resid)).reshape(n, -1).sum(axis=1) >= MIN_RESIDUALS
     pooled = np.where(pooled_ok[None, :], pooled, 0.0)
     chosen = np.where(count[None] >= MIN_RESIDUALS, per_step, pooled[:, :, None])

@@ -23,6 +23,7 @@ from workbench.errors import ContractError, Issue
 CONTRACT_VERSION = "1.0.0"
 STEP_SECONDS = 300
 HORIZON_STEPS = 96
+QUANTILE_LEVELS = (0.1, 0.5, 0.9)  # the band every forecast gives: p10, p50, p90
 MAX_ENCODER_STEPS = 288
 # Longest run of missing steps carried forward; a longer gap restarts a series' history (and warm-up).
 MAX_GAP_STEPS = 6

@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # the forecast module imports torch; alerts and risk need onl
     from workbench.inference.forecast import Forecast
 
 Tails = Literal["exponential", "linear"]
-QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 WINDOW_30M_STEPS = 30 * 60 // c.STEP_SECONDS
 WINDOW_8H_STEPS = 8 * 3600 // c.STEP_SECONDS
 COLUMNS = ("critical_30m", "critical_8h", "warning_30m", "warning_8h")
@@ -60,7 +59,7 @@ CHUNK_SERVERS = 256
 def exceedance_probability(
     quantiles: np.ndarray,
     threshold: np.ndarray | float,
-    levels: Sequence[float] = QUANTILE_LEVELS,
+    levels: Sequence[float] = c.QUANTILE_LEVELS,
     *,
     high_is_bad: np.ndarray | bool = True,
     tails: Tails = "exponential",
@@ -355,5 +354,5 @@ def _metric_probabilities(forecast: Forecast, thresholds: Thresholds, tails: Tai
         # The largest probability over a window is the probability of the smallest distance.
         z[rows, :, 0:2] = dist[:, :, ::-1, :h30].min(axis=-1)  # critical, warning within 30 min
         z[rows, :, 2:4] = dist[:, :, ::-1].min(axis=-1)  # critical, warning within 8 h
-    out[:, cols] = _probability(z[..., [0, 2, 1, 3]], np.asarray(QUANTILE_LEVELS), high[:, None], tails)
+    out[:, cols] = _probability(z[..., [0, 2, 1, 3]], _check_levels(forecast.levels, tails), high[:, None], tails)
     return np.nan_to_num(out, nan=0.0)  # NaN where a profile has no level for the metric

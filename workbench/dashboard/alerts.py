@@ -11,7 +11,14 @@ import traitlets as t
 from workbench.dashboard import defaults as d
 from workbench.dashboard.documents import format_value, percent
 
-COLUMNS = ("severity", "server", "metric", "predicted vs threshold", "in", "probability")
+COLUMNS = ("severity", "server", "what the model says", "predicted vs threshold", "in", "probability", "rule")
+LEGEND = {
+    "calibrated": "calibrated: the chance the metric is in an incident within 8 h, learned from ground truth; "
+    "critical from the threshold fitted for 70 % precision, warning from half of it",
+    "band_edge": "band edge: the forecast's p90 reaches the level (probability not checked against incidents)",
+    "predict_linear": "predict_linear: the last hour's straight line reaches the level",
+    "static": "static: the current value is past the level",
+}
 
 
 class AlertsTable(w.VBox):
@@ -47,13 +54,16 @@ class AlertsTable(w.VBox):
         counts = f"{len(alerts)} ({critical} critical)" if alerts else "none"
         self._header.value = f"<b>Active alerts</b> · {counts}"
         if not alerts:
-            self._table.value = "<i>No predictive alert: no band edge reaches a threshold within 8 h.</i>"
+            self._table.value = "<i>No predictive alert: no server is expected to reach an incident within 8 h.</i>"
             return
         head = "".join(f"<th>{escape(col)}</th>" for col in COLUMNS)
         rows = "".join(_row(a) for a in alerts[: d.ALERT_ROWS_SHOWN])
         more = len(alerts) - d.ALERT_ROWS_SHOWN
         tail = f"<p>… and {more} more</p>" if more > 0 else ""
-        self._table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{tail}"
+        rules = dict.fromkeys(str(a.get("rule", "band_edge")) for a in alerts)
+        legend = "".join(f"<li>{escape(LEGEND[r])}</li>" for r in rules if r in LEGEND)
+        legend = f'<ul class="wb-alert-legend" style="font-size:smaller;color:#555">{legend}</ul>' if legend else ""
+        self._table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{tail}{legend}"
 
 
 def _row(alert: dict[str, Any]) -> str:
@@ -66,9 +76,10 @@ def _row(alert: dict[str, Any]) -> str:
     cells = [
         badge,
         escape(str(alert.get("server", ""))),
-        escape(metric),
+        escape(str(alert.get("summary") or metric)),
         f"{escape(predicted)} vs {escape(threshold)}",
         f"{int(alert.get('minutes_ahead', 0))} min",
         percent(alert.get("probability")),
+        escape(str(alert.get("rule", "band_edge"))),
     ]
     return '<tr class="wb-alert-row">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"

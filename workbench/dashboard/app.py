@@ -98,6 +98,7 @@ class FleetDashboard(w.VBox):
         self.environment = EnvironmentPanel()
         self.scenario = ScenarioButtons(client)
         self._latest: dict[str, Any] = {}
+        self._thresholds_seen: dict[str, Any] | None = None
         self._history: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_ok: datetime | None = None
@@ -146,6 +147,17 @@ class FleetDashboard(w.VBox):
             self._show(snap)
         self.refreshes += 1
 
+    def _use_thresholds(self, table: Any) -> None:
+        """Draw the levels the daemon alerts on (its metadata's ``thresholds``), when it sends them."""
+        if not isinstance(table, dict) or table == self._thresholds_seen:
+            return
+        try:
+            self.server_view.thresholds = Thresholds.from_dict(table)
+        except ConfigError as exc:
+            log.warning("daemon thresholds ignored: %s", exc)
+            return
+        self._thresholds_seen = table
+
     def _show(self, snap: Snapshot) -> None:
         doc = snap.predictions or {}
         self._latest, self._history = doc, snap.history
@@ -153,6 +165,7 @@ class FleetDashboard(w.VBox):
         self.fleet.servers = server_rows(doc)
         self.alerts.alerts = list(doc.get("alerts") or [])
         self.environment.environment = dict(doc.get("environment") or {})
+        self._use_thresholds((doc.get("metadata") or {}).get("thresholds"))
         self.environment.warmup = dict((snap.status or {}).get("warmup") or {})
         if snap.server is not None and self.fleet.selected_server != snap.server:
             self.fleet.selected_server = snap.server  # its observer sees the history already read

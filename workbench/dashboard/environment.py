@@ -47,8 +47,15 @@ class EnvironmentPanel(w.VBox):
     def _on_change(self, _change: dict[str, Any] | None = None) -> None:
         env = self.environment
         p30, p8 = env.get("incident_probability_30m"), env.get("incident_probability_8h")
-        self.p30m.value = f"Incident probability (30 min): <b>{percent(p30)}</b>"
-        self.p8h.value = f"Incident probability (8 h): <b>{percent(p8)}</b>"
+        kind = env.get("probabilities")
+        note = {
+            "calibrated": ' <span title="P(at least one server is in an incident within the window), learned from '
+            "simulated ground truth (the bundle's calibration.json)\">(calibrated)</span>",
+            "uncalibrated": ' <span style="color:#b35900" title="band exceedances never checked against incidents: '
+            'run workbench calibrate-incidents on the bundle">(uncalibrated)</span>',
+        }.get(str(kind), "")
+        self.p30m.value = f"Incident probability (30 min): <b>{percent(p30)}</b>{note}"
+        self.p8h.value = f"Incident probability (8 h): <b>{percent(p8)}</b>{note}"
         total = env.get("total_servers")
         self.high_risk.value = f"High-risk servers: <b>{env.get('high_risk_servers', '–')}</b> of {total or 0}"
         health = str(env.get("fleet_health", "unknown"))

@@ -3,8 +3,10 @@
 For each window (30 min, 8 h) the event is *the server's metric is in an incident at some step
 of the window*: an incident of which it is the primary metric has its onset at or before the
 window's last step and its critical phase has not ended by the first. Per alerting metric, a
-logistic regression (scikit-learn, L2) maps the :mod:`~workbench.early_warning.features` to a
-score; a metric with too few positive examples uses the model pooled over every metric. An
+logistic regression (scikit-learn, L2) maps the :mod:`~workbench.early_warning.features` of
+*every* alerting metric of the server (its *context*: an error storm announces itself in
+latency first) to a score; a metric with too few positive examples uses a model of its own
+features pooled over every metric. An
 isotonic map of the score (monotone, fitted on the same validation fleet) turns it into a
 probability. A server's probability combines its metrics as ``1 - prod(1 - p)`` and passes
 through a second isotonic map fitted on servers, so that it too means what it says; the fleet's
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.early_warning.features import FEATURES
+from workbench.early_warning.features import CLIP_LOW, FEATURES
 from workbench.errors import BundleError, ConfigError
 
 INCIDENTS_VERSION = 1
@@ -133,15 +135,42 @@ class WindowModel:
 
     Attributes:
         steps: Window length in steps.
-        scores: Logistic score per metric, plus :data:`POOLED` for metrics without their own.
+        scores: Logistic score per metric over the features of every :attr:`context` metric,
+            plus :data:`POOLED` over a metric's own features, for metrics without their own.
         metric_map: Isotonic map from a metric's score to its probability.
         server_map: Isotonic map from ``1 - prod(1 - p_metric)`` to the server's probability.
+        context: The metrics whose features every per-metric score reads, in order.
     """
 
     steps: int
     scores: Mapping[str, Logistic]
     metric_map: Isotonic
     server_map: Isotonic
+    context: tuple[str, ...] = ()
+
+    def context_features(self, features: np.ndarray, metrics: Sequence[str]) -> np.ndarray:
+        """Return ``(servers, len(context) * F)``: the context metrics' features side by side.
+
+        A context metric the forecast lacks, or without a level, reads as far below its level.
+        """
+        index = {m: j for j, m in enumerate(metrics)}
+        far = np.full(features.shape[::2], -CLIP_LOW)
+        parts = [features[:, index[m]] if m in index else far for m in self.context]
+        return np.nan_to_num(np.concatenate(parts, axis=1), nan=-CLIP_LOW) if parts else far[:, :0]
+
+    def scores_of(self, features: np.ndarray, metrics: Sequence[str]) -> np.ndarray:
+        """Return ``(servers, metrics)`` logistic scores; NaN where a metric has no level."""
+        out = np.full(features.shape[:2], np.nan)
+        context = self.context_features(features, metrics)
+        for j, metric in enumerate(metrics):
+            rows = ~np.isnan(features[:, j]).any(axis=-1)
+            if not rows.any():
+                continue
+            if metric in self.scores and metric != POOLED:
+                out[rows, j] = self.scores[metric].score(context[rows])
+            else:
+                out[rows, j] = self.scores[POOLED].score(features[rows, j])
+        return out
 
     def metric_probability(self, features: np.ndarray, metrics: Sequence[str]) -> np.ndarray:
         """Return ``(servers, metrics)`` probabilities; 0 where a feature row is NaN (no level).
@@ -150,12 +179,10 @@ class WindowModel:
             features: ``(servers, metrics, F)`` features.
             metrics: The metric of each column.
         """
-        out = np.zeros(features.shape[:2])
-        for j, metric in enumerate(metrics):
-            rows = ~np.isnan(features[:, j]).any(axis=-1)
-            if rows.any():
-                model = self.scores.get(metric, self.scores[POOLED])
-                out[rows, j] = self.metric_map(model.score(features[rows, j]))
+        score = self.scores_of(features, metrics)
+        known = ~np.isnan(score)
+        out = np.zeros(score.shape)
+        out[known] = self.metric_map(score[known])
         return out
 
     def server_probability(self, metric_probability: np.ndarray) -> np.ndarray:
@@ -182,14 +209,20 @@ class IncidentCalibration:
     def predict(self, features: np.ndarray, metrics: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return metric ``(servers, metrics, W)`` and server ``(servers, W)`` probabilities per window.
 
+        Windows are separate models; a longer window's probability is raised to the shorter
+        one's where it falls below it (an incident within 30 min is one within 8 h).
+
         Args:
             features: ``(servers, metrics, F)`` features.
             metrics: The metric of each column.
         """
-        per_metric = [w.metric_probability(features, metrics) for w in self.windows.values()]
-        per_server = [w.server_probability(p) for w, p in zip(self.windows.values(), per_metric, strict=True)]
+        windows = [self.windows[name] for name in WINDOW_STEPS]  # shortest first
+        per_metric = [w.metric_probability(features, metrics) for w in windows]
+        per_server = [w.server_probability(p) for w, p in zip(windows, per_metric, strict=True)]
         n, m = features.shape[:2]
-        return np.stack(per_metric, axis=-1).reshape(n, m, -1), np.stack(per_server, axis=-1).reshape(n, -1)
+        metric = np.maximum.accumulate(np.stack(per_metric, axis=-1).reshape(n, m, -1), axis=-1)
+        server = np.maximum.accumulate(np.stack(per_server, axis=-1).reshape(n, -1), axis=-1)
+        return metric, server
 
     def to_json(self) -> dict[str, Any]:
         """Return the ``incidents`` section of ``calibration.json``."""
@@ -199,6 +232,7 @@ class IncidentCalibration:
             "windows": {
                 name: {
                     "steps": w.steps,
+                    "context": list(w.context),
                     "scores": {m: s.to_json() for m, s in w.scores.items()},
                     "metric_map": w.metric_map.to_json(),
                     "server_map": w.server_map.to_json(),
@@ -234,13 +268,16 @@ class IncidentCalibration:
 
 
 def _window_from_json(data: Mapping[str, Any]) -> WindowModel:
-    scores = {m: Logistic.from_json(s, len(FEATURES)) for m, s in data["scores"].items()}
+    context = tuple(str(m) for m in data["context"])
+    width = {POOLED: len(FEATURES)}
+    scores = {m: Logistic.from_json(s, width.get(m, len(context) * len(FEATURES))) for m, s in data["scores"].items()}
     if POOLED not in scores:
         raise ValueError(f"no pooled model {POOLED!r}")
     steps = int(data["steps"])
     if steps < 1:
         raise ValueError(f"window steps must be >= 1, got {steps}")
-    return WindowModel(steps, scores, Isotonic.from_json(data["metric_map"]), Isotonic.from_json(data["server_map"]))
+    maps = Isotonic.from_json(data["metric_map"]), Isotonic.from_json(data["server_map"])
+    return WindowModel(steps, scores, *maps, context)
 
 
 def fit_window(
@@ -262,23 +299,23 @@ def fit_window(
         ConfigError: when there is no positive or no negative example at all.
     """
     usable = ~np.isnan(features).any(axis=-1)
-    x_all, y_all = features[usable], labels[usable].astype(np.int8)
+    y_all = labels[usable].astype(np.int8)
     if y_all.min(initial=1) == y_all.max(initial=0):
         raise ConfigError("incident calibration needs both incidents and quiet examples; the fleet has one kind")
-    scores: dict[str, Logistic] = {POOLED: Logistic.fit(x_all, y_all)}
+    context = tuple(m for j, m in enumerate(metrics) if usable[:, j].any())
+    scores: dict[str, Logistic] = {POOLED: Logistic.fit(features[usable], y_all)}
+    draft = WindowModel(steps, scores, _IDENTITY, _IDENTITY, context)
+    wide = draft.context_features(features, metrics)
     for j, metric in enumerate(metrics):
-        x, y = features[usable[:, j], j], labels[usable[:, j], j]
+        y = labels[usable[:, j], j]
         if y.sum() >= MIN_POSITIVES and (y == 0).sum() >= MIN_POSITIVES:
-            scores[metric] = Logistic.fit(x, y)
-    raw = np.zeros(labels.shape)
-    for j, metric in enumerate(metrics):
-        rows = usable[:, j]
-        raw[rows, j] = scores.get(metric, scores[POOLED]).score(features[rows, j])
+            scores[metric] = Logistic.fit(wide[usable[:, j]], y)
+    raw = draft.scores_of(features, metrics)
     metric_map = Isotonic.fit(raw[usable], labels[usable])
-    partial = WindowModel(steps, scores, metric_map, _IDENTITY)
+    partial = WindowModel(steps, scores, metric_map, _IDENTITY, context)
     combined = partial.server_probability(partial.metric_probability(features, metrics))
     server_map = Isotonic.fit(combined, labels.max(axis=1))
-    return WindowModel(steps, scores, metric_map, server_map)
+    return WindowModel(steps, scores, metric_map, server_map, context)
 
 
 _IDENTITY = Isotonic(np.array([0.0, 1.0]), np.array([0.0, 1.0]))

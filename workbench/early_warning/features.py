@@ -9,13 +9,17 @@ calibrator serves a fleet whose levels differ per profile. The features of a (se
 * ``p50_<w>``, ``p90_<w>``: the largest median and upper band edge over the window ``w`` of the
   horizon (``30m``: steps 1–6, ``2h``: steps 7–24, ``8h``: steps 25–96), i.e. how close the
   forecast comes to the level and when;
-* ``rise_1h``: the median one hour ahead less the current value (the forecast's slope).
+* ``rise_1h``: the median one hour ahead less the current value (the forecast's slope);
+* ``slope_1h``: the least-squares slope of the last hour of observations, per hour, and
+  ``change_30m``: the current value less the value 30 minutes ago (what already happened; 0
+  without that history).
 
 Distances are clipped to ``[-CLIP_LOW, CLIP_HIGH]``: far below warning, how far no longer matters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,9 +36,12 @@ FEATURES: tuple[str, ...] = (
     "current",
     *(f"{q}_{name}" for name, _, _ in WINDOWS for q in ("p50", "p90")),
     "rise_1h",
+    "slope_1h",
+    "change_30m",
 )
 CLIP_LOW, CLIP_HIGH = 8.0, 4.0
 STEPS_1H = 3600 // c.STEP_SECONDS
+STEPS_30M = STEPS_1H // 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +91,7 @@ def warning_features(forecast: Forecast, thresholds: Thresholds) -> WarningFeatu
             columns.append(distance(median[:, :, lo:hi], 1).max(axis=-1))
             columns.append(distance(edge[:, :, lo:hi], 1).max(axis=-1))
         columns.append(distance(median[:, :, STEPS_1H - 1]) - columns[0])
+        columns += _history(forecast, distance)
     values = np.clip(np.stack(columns, axis=-1), -CLIP_LOW, CLIP_HIGH)
     alerting = np.isfinite(critical) & (scale > 0)
     values[~alerting] = np.nan
@@ -96,3 +104,16 @@ def warning_features(forecast: Forecast, thresholds: Thresholds) -> WarningFeatu
         alerting,
         np.asarray(forecast.last_step),
     )
+
+
+def _history(forecast: Forecast, distance: Callable[[np.ndarray, int], np.ndarray]) -> list[np.ndarray]:
+    """Slope of the last hour (distance per hour) and the change over 30 minutes; 0 without history."""
+    n, m = forecast.current.shape
+    if forecast.recent is None:
+        return [np.zeros((n, m)), np.zeros((n, m))]
+    past = distance(np.swapaxes(forecast.recent, 1, 2), 1)  # (n, m, steps), oldest first
+    steps = past.shape[-1]
+    x = np.arange(steps) - (steps - 1) / 2
+    slope = (past * x).sum(axis=-1) / (x**2).sum() * STEPS_1H
+    change = past[..., -1] - past[..., -1 - min(STEPS_30M, steps - 1)]
+    return [np.nan_to_num(slope, nan=0.0), np.nan_to_num(change, nan=0.0)]

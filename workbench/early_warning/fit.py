@@ -26,7 +26,7 @@ from workbench.errors import ConfigError
 from workbench.evaluation.warning import ALARM_SCHEMA, Window, early_warning, empty_alarms
 
 ALERT_WINDOW = "8h"
-CALIBRATED_RULE = "tft_calibrated"
+CALIBRATED_RULE = "calibrated"  # the label of its alarms, as the rule of workbench.alert_rules
 TARGET_PRECISION = 0.7
 THRESHOLD_GRID = tuple(float(t) for t in np.round(np.concatenate([np.arange(0.05, 0.95, 0.025), [0.95]]), 4))
 
@@ -115,7 +115,9 @@ def pick_threshold(curve: pl.DataFrame, target_precision: float) -> tuple[float,
     """
     ok = curve.filter(pl.col("precision") >= target_precision)
     if ok.height:
-        return float(ok["threshold"].to_numpy().min()), f"lowest threshold with validation precision >= {target_precision}"
+        return float(
+            ok["threshold"].to_numpy().min()
+        ), f"lowest threshold with validation precision >= {target_precision}"
     best = curve.drop_nulls("precision").sort("precision", descending=True)
     if best.is_empty():
         raise ConfigError("no threshold gave a single alarm on the validation fleets")

@@ -5,10 +5,10 @@ history up to ``o`` (fed incrementally, as the daemon is), every baseline sees t
 history, and all forecast ``o+1 … o+horizon``. Scored origins lie every ``origin_stride`` steps
 from the step before the test period to the last one whose horizon ends inside it; only
 servers every model forecast are scored, so all models are measured on the same values.
-Early-warning origins lie every ``warning_stride`` steps over the whole test period: the
-engine's forecasts feed an :class:`~workbench.alerts.AlertTracker` (the TFT rule), and the
-``predict_linear`` and static rules are evaluated on the same steps (see
-:mod:`workbench.evaluation.warning`).
+Early-warning origins lie every ``warning_stride`` steps over the whole test period: at each,
+the engine's forecast feeds one :class:`~workbench.alerts.AlertTracker` per alert rule
+(:mod:`workbench.alert_rules`: the same objects the daemon runs), and the warning features of
+the forecast are kept for the incident calibration (see :mod:`workbench.evaluation.warning`).
 """
 
 from __future__ import annotations
@@ -22,20 +22,14 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from workbench import contract as c
-from workbench.alerts import SEVERITIES, AlertTracker
+from workbench.alert_rules import make_rule
+from workbench.alerts import RULE_NAMES, SEVERITIES, AlertTracker
 from workbench.baselines import BASELINES, RESIDUAL_ORIGINS, SEASON_STEPS, Panel, panel_from_frame, step_of
 from workbench.early_warning.dataset import WarningSet
 from workbench.early_warning.features import warning_features
 from workbench.errors import ConfigError
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
-from workbench.evaluation.warning import (
-    ALARM_SCHEMA,
-    EarlyWarning,
-    Window,
-    early_warning,
-    linear_alarms,
-    static_alarms,
-)
+from workbench.evaluation.warning import ALARM_SCHEMA, EarlyWarning, Window, early_warning
 from workbench.inference.engine import Engine
 from workbench.inference.forecast import SOURCE_TFT, Forecast
 from workbench.model.bundle import Bundle
@@ -56,8 +50,11 @@ class BacktestConfig:
             seasonal-naive MASE scale is computed); at least 288 + 1.
         residual_origins: Origins whose in-sample residuals give the baselines' bands.
         baselines: Baselines measured next to the TFT (names of :data:`workbench.baselines.BASELINES`).
-        alert_severity: Least TFT alert severity that counts as an alarm (the incidents' onset is
-            the critical crossing, so ``critical`` by default).
+        alert_severity: Least alert severity that counts as an alarm (the incidents' onset is
+            the critical crossing, so ``critical`` by default); the static rule always counts
+            warnings (a static threshold warns at the warning level, or it could never warn early).
+        rules: Alert rules scored (:data:`workbench.alerts.RULE_NAMES`); ``None``: every rule
+            the bundle supports (``calibrated`` only with an incident calibration).
         progress: Show a tqdm progress bar.
     """
 
@@ -67,6 +64,7 @@ class BacktestConfig:
     residual_origins: int = RESIDUAL_ORIGINS
     baselines: tuple[str, ...] = tuple(BASELINES)
     alert_severity: Literal["warning", "critical"] = "critical"
+    rules: tuple[str, ...] | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -77,6 +75,9 @@ class BacktestConfig:
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ConfigError(f"unknown baseline(s) {unknown}; allowed: {', '.join(BASELINES)}")
+        unknown_rules = sorted(set(self.rules or ()) - set(RULE_NAMES))
+        if unknown_rules:
+            raise ConfigError(f"unknown alert rule(s) {unknown_rules}; allowed: {', '.join(RULE_NAMES)}")
         if self.alert_severity not in SEVERITIES:
             raise ConfigError(f"alert_severity must be one of {', '.join(SEVERITIES)}, got {self.alert_severity!r}")
 
@@ -95,6 +96,7 @@ class BacktestResult:
         examples: Forecasts of every model at :attr:`example_origin`, for fan charts.
         example_origin: The scored origin the examples come from.
         warning_set: Warning features of the TFT's forecasts at the early-warning origins.
+        rules: The alert rules scored, the product's rule first.
     """
 
     board: ScoreBoard
@@ -106,6 +108,7 @@ class BacktestResult:
     examples: dict[str, Forecast] = field(default_factory=dict)
     example_origin: int | None = None
     warning_set: WarningSet | None = None
+    rules: tuple[str, ...] = ()
 
     @property
     def scores(self) -> pl.DataFrame:
@@ -131,7 +134,7 @@ class BacktestResult:
         """
         if self.window is None:
             raise ConfigError("this backtest ran with warning_stride=0: no alarms to score")
-        return early_warning(self.alarms, incidents, self.window, rules=[TFT, "predict_linear", "static"])
+        return early_warning(self.alarms, incidents, self.window, rules=list(self.rules))
 
 
 def backtest(
@@ -184,13 +187,17 @@ def backtest(
         ScoreBoard(targets, horizon), pl.DataFrame(schema=ALARM_SCHEMA), None, scored, servers, targets
     )
     feeder = HistoryFeeder(Engine(bundle), data)
-    tracker, alarm_parts, feature_parts = AlertTracker(), [], []
-    rank = SEVERITIES.index(config.alert_severity) + 1
+    result.rules = config.rules or scored_rules(bundle)
+    trackers = {name: AlertTracker(make_rule(name, bundle.incidents)) for name in result.rules}
+    alarm_rows: list[tuple[str, str, str, int]] = []
+    feature_parts = []
     for origin in tqdm(sorted(set(scored) | set(warn)), desc="backtest", disable=not config.progress):
         forecast = feeder.forecast_at(origin, list(servers))
         if origin in warn:
-            active = [a for a in tracker.update(forecast, thresholds).active if a.rank >= rank]
-            alarm_parts.append([(TFT, a.server, a.metric, origin) for a in active])
+            for name, tracker in trackers.items():
+                rank = 1 if name == "static" else SEVERITIES.index(config.alert_severity) + 1
+                active = tracker.update(forecast, thresholds).active
+                alarm_rows += [(name, a.server, a.metric, origin) for a in active if a.rank >= rank]
             feature_parts.append(warning_features(forecast, thresholds))
         if origin in scored:
             forecasts = _score_origin(result.board, panel, actual, origin, forecast, config, horizon)
@@ -198,9 +205,19 @@ def backtest(
                 result.examples, result.example_origin = forecasts, origin
     if warn:
         result.window = Window(servers, warn[0], warn[-1], config.warning_stride, max_lead_steps=horizon)
-        result.alarms = _alarms(alarm_parts, panel, np.array(warn), thresholds, horizon)
+        result.alarms = pl.DataFrame(alarm_rows, schema=ALARM_SCHEMA, orient="row")
         result.warning_set = WarningSet.stack(servers, targets, warn, feature_parts)
     return result
+
+
+def scored_rules(bundle: Bundle) -> tuple[str, ...]:
+    """Return the alert rules a backtest scores by default, the product's rule first.
+
+    The product's rule is ``calibrated`` when the bundle has an incident calibration, else
+    ``band_edge``; ``predict_linear`` and ``static`` are the baselines.
+    """
+    first = ("calibrated",) if bundle.incidents is not None else ()
+    return (*first, "band_edge", "predict_linear", "static")
 
 
 class HistoryFeeder:
@@ -256,20 +273,6 @@ def _score_origin(
         index = {s: i for i, s in enumerate(fc.servers)}
         board.add(model, truth, fc.quantiles[[index[s] for s in names]], scale)
     return forecasts
-
-
-def _alarms(
-    tft_rows: list[list[tuple[str, str, str, int]]],
-    panel: Panel,
-    steps: np.ndarray,
-    thresholds: Thresholds,
-    horizon: int,
-) -> pl.DataFrame:
-    flat = [row for part in tft_rows for row in part]
-    tft = pl.DataFrame(flat, schema=ALARM_SCHEMA, orient="row")
-    linear = linear_alarms(panel, steps, thresholds, horizon)
-    static = static_alarms(panel, steps, thresholds)
-    return pl.concat([tft, linear, static])
 
 
 def _example_origin(scored: list[int], example_step: int | None) -> int | None:

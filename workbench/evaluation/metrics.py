@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from workbench import contract as c
 from workbench.baselines import SEASON_STEPS
 
-QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 SCORE_COLUMNS = ("pinball", "scaled_pinball", "mase", "coverage")
 _EPS = 1e-9
 
@@ -40,7 +40,7 @@ def pinball_loss(actual: np.ndarray, forecast: np.ndarray, level: float) -> np.n
     return np.maximum(level * diff, (level - 1.0) * diff)
 
 
-def mean_pinball(actual: np.ndarray, quantiles: np.ndarray, levels: Sequence[float] = QUANTILE_LEVELS) -> np.ndarray:
+def mean_pinball(actual: np.ndarray, quantiles: np.ndarray, levels: Sequence[float] = c.QUANTILE_LEVELS) -> np.ndarray:
     """Return the pinball loss averaged over ``levels``; ``quantiles`` has the levels last."""
     losses = [pinball_loss(actual, quantiles[..., k], q) for k, q in enumerate(levels)]
     return np.mean(losses, axis=0)

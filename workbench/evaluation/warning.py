@@ -2,13 +2,9 @@
 
 Alarm rules are evaluated at origins ``first_step, first_step + stride, … <= last_step``; an
 *alarm table* holds one row ``(rule, server_name, metric, step)`` per origin at which a rule's
-alarm is active on that server and metric. The rules compared:
-
-* ``tft``: the band-edge rule of :class:`workbench.alerts.AlertTracker` (with its hysteresis) on
-  the engine's forecasts, counting alerts of the chosen severity or above;
-* ``predict_linear``: Prometheus' ``predict_linear(v[1h], t) >= critical`` for some ``t`` within
-  the horizon (the line is monotone, so the first and last steps decide);
-* ``static``: the current value ``>= warning`` level.
+alarm is active on that server and metric. The rules are those of :mod:`workbench.alert_rules`
+(``calibrated``, ``band_edge``, ``predict_linear``, ``static``), each run through its own
+:class:`workbench.alerts.AlertTracker` by the backtest, as the daemon runs them.
 
 Scoring, per rule (steps are 5 minutes; ``min_lead`` = 30 min, ``max_lead`` = the horizon):
 
@@ -43,10 +39,8 @@ import numpy as np
 import polars as pl
 
 from workbench import contract as c
-from workbench.baselines import Panel, linear_fit
 from workbench.errors import ConfigError
 from workbench.simulator.incidents import PRIMARY_METRICS
-from workbench.thresholds import Thresholds
 
 MIN_LEAD_STEPS = 30 * 60 // c.STEP_SECONDS
 ALARM_SCHEMA: dict[str, pl.DataType] = {
@@ -61,39 +55,6 @@ OUTCOMES = ("hit", "late", "missed")
 def empty_alarms() -> pl.DataFrame:
     """Return an alarm table without rows."""
     return pl.DataFrame(schema=ALARM_SCHEMA)
-
-
-def alarm_table(rule: str, panel: Panel, active: np.ndarray, steps: np.ndarray) -> pl.DataFrame:
-    """Return the alarm rows of a boolean ``(servers, len(steps), targets)`` array."""
-    ii, kk, jj = np.nonzero(active)
-    return pl.DataFrame(
-        {
-            "rule": [rule] * len(ii),
-            c.SERVER: np.asarray(panel.servers, dtype=object)[ii],
-            "metric": np.asarray(panel.targets, dtype=object)[jj],
-            "step": steps[kk].astype(np.int64),
-        },
-        schema=ALARM_SCHEMA,
-    )
-
-
-def static_alarms(panel: Panel, steps: np.ndarray, thresholds: Thresholds) -> pl.DataFrame:
-    """Return the alarms of the static rule (current value at or above the warning level) at ``steps``."""
-    warn = thresholds.array(panel.profiles, panel.targets)[..., 0]
-    idx = np.asarray(steps) - panel.last_step + panel.values.shape[1] - 1
-    active = panel.values[:, idx] >= warn[:, None, :]  # NaN compares False
-    return alarm_table("static", panel, active, np.asarray(steps))
-
-
-def linear_alarms(panel: Panel, steps: np.ndarray, thresholds: Thresholds, horizon: int) -> pl.DataFrame:
-    """Return the alarms of the ``predict_linear`` rule: the line reaches critical within ``horizon`` steps."""
-    crit = thresholds.array(panel.profiles, panel.targets)[..., 1]
-    idx = np.asarray(steps) - panel.last_step + panel.values.shape[1] - 1
-    intercept, slope = linear_fit(panel.values, idx)
-    near = intercept + slope * c.STEP_SECONDS
-    far = intercept + slope * (horizon * c.STEP_SECONDS)
-    active = np.fmax(near, far) >= crit[:, None, :]
-    return alarm_table("predict_linear", panel, active, np.asarray(steps))
 
 
 def episodes(alarms: pl.DataFrame, merge_steps: int) -> pl.DataFrame:

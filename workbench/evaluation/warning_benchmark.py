@@ -10,8 +10,10 @@ other seeds, are never seen by any fit (:func:`run_benchmark`):
 * ``test-healthy``: the ``healthy`` scenario, scored for false alarms per server-day and for
   whether the fleet probability matches the observed incident rate.
 
-Every rule runs on the same backtest (the engine fed every step, as the daemon is): the TFT's
-band-edge rule, the calibrated-probability rule, ``predict_linear`` and the static threshold.
+Every rule runs on the same backtest (the engine fed every step, as the daemon is), through
+the daemon's own rule objects and alert tracker: the calibrated-probability rule, the TFT's
+band-edge rule, ``predict_linear`` and the static threshold. The precision–recall curve over
+the calibrated rule's threshold reads the probabilities directly (no hysteresis).
 """
 
 from __future__ import annotations
@@ -27,22 +29,21 @@ from workbench import contract as c
 from workbench.early_warning.calibrator import WINDOW_STEPS, IncidentCalibration, any_of
 from workbench.early_warning.fit import (
     ALERT_WINDOW,
-    CALIBRATED_RULE,
     Fleet,
     fit_incidents,
     probabilities,
-    probability_alarms,
     threshold_curve,
 )
 from workbench.errors import ConfigError
-from workbench.evaluation.backtest import TFT, BacktestConfig, backtest
+from workbench.evaluation.backtest import BacktestConfig, backtest
 from workbench.evaluation.probability import probability_scores, reliability
 from workbench.evaluation.warning import early_warning
 from workbench.model.bundle import Bundle
 from workbench.simulator import DEFAULT_START, make_fleet, simulate
 
 WARMUP_DAYS = 1
-RULES = (TFT, CALIBRATED_RULE, "predict_linear", "static")
+RULES = ("calibrated", "band_edge", "predict_linear", "static")
+BASELINE_RULES = ("band_edge", "predict_linear", "static")  # what validation fleets run: no calibration yet
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class FleetSpec:
 
 VALIDATION: tuple[FleetSpec, ...] = (
     FleetSpec("validation-critical", 100, 4, 1401, "critical"),
-    FleetSpec("validation-healthy", 60, 4, 1402, "healthy"),
+    FleetSpec("validation-healthy", 100, 4, 1402, "healthy"),
 )
 TEST: tuple[FleetSpec, ...] = (
     FleetSpec("test-critical", 120, 4, 2401, "critical"),
@@ -74,12 +75,20 @@ TEST: tuple[FleetSpec, ...] = (
 )
 
 
-def run_fleet(bundle: Bundle, spec: FleetSpec, *, progress: bool = False, scale: float = 1.0) -> Fleet:
+def run_fleet(
+    bundle: Bundle,
+    spec: FleetSpec,
+    *,
+    rules: tuple[str, ...] = RULES,
+    progress: bool = False,
+    scale: float = 1.0,
+) -> Fleet:
     """Simulate ``spec`` and backtest ``bundle`` on it at every step; return its features and alarms.
 
     Args:
         bundle: The model.
         spec: The fleet.
+        rules: Alert rules to run (``calibrated`` needs the bundle's incident calibration).
         progress: Show progress bars.
         scale: Shrinks servers and days (tests use a small fraction; 1 = the benchmark).
     """
@@ -92,7 +101,7 @@ def run_fleet(bundle: Bundle, spec: FleetSpec, *, progress: bool = False, scale:
         sim.metrics,
         test_servers=names,
         test_start=DEFAULT_START + timedelta(days=WARMUP_DAYS),
-        config=BacktestConfig(origin_stride=c.HORIZON_STEPS * 3, warning_stride=1, progress=progress),
+        config=BacktestConfig(origin_stride=c.HORIZON_STEPS * 3, warning_stride=1, rules=rules, progress=progress),
     )
     if result.window is None or result.warning_set is None:
         raise ConfigError(f"{spec.name}: the backtest produced no early-warning origins")
@@ -101,7 +110,7 @@ def run_fleet(bundle: Bundle, spec: FleetSpec, *, progress: bool = False, scale:
 
 def calibrate(bundle: Bundle, *, progress: bool = False, scale: float = 1.0) -> IncidentCalibration:
     """Fit ``bundle``'s incident calibration on the :data:`VALIDATION` fleets and return it."""
-    fleets = [run_fleet(bundle, spec, progress=progress, scale=scale) for spec in VALIDATION]
+    fleets = [run_fleet(bundle, spec, rules=BASELINE_RULES, progress=progress, scale=scale) for spec in VALIDATION]
     calibration = fit_incidents(fleets)
     record = {**calibration.record, "fleet_specs": [vars(s) for s in VALIDATION], "scale": scale}
     return replace(calibration, record=record)
@@ -148,7 +157,7 @@ class BenchmarkResult:
             "healthy_false_alarms_per_server_day": {
                 rule: row["false_alarms_per_server_day"] for rule, row in healthy.items()
             },
-            "f1_ratio_vs_best_baseline": (crit[CALIBRATED_RULE]["f1"] / best_baseline) if best_baseline else None,
+            "f1_ratio_vs_best_baseline": (crit["calibrated"]["f1"] / best_baseline) if best_baseline else None,
             "auprc": self.auprc,
             "probability": probs,
             "fleet_probability": self.fleet_probability.to_dicts(),
@@ -179,9 +188,7 @@ def run_benchmark(
     fleets = {spec.name: run_fleet(bundle, spec, progress=progress, scale=scale) for spec in specs}
     rules, probs, tables, fleet_rows = [], [], [], []
     for name, fleet in fleets.items():
-        p_alert, _ = probabilities(fleet.warnings, calibration, ALERT_WINDOW)
-        alarms = pl.concat([fleet.alarms, probability_alarms(fleet.warnings, p_alert, threshold)])
-        scored = early_warning(alarms, fleet.incidents, fleet.window, rules=list(RULES))
+        scored = early_warning(fleet.alarms, fleet.incidents, fleet.window, rules=list(RULES))
         rules.append(scored.summary.with_columns(pl.lit(name).alias("fleet")))
         for window, steps in WINDOW_STEPS.items():
             _, p_server = probabilities(fleet.warnings, calibration, window)
@@ -196,7 +203,7 @@ def run_benchmark(
         rules=pl.concat(rules).select("fleet", *[col for col in rules[0].columns if col != "fleet"]),
         curve=curve,
         auprc=auprc(curve),
-        lead_by_type=lead_by_type(critical, calibration, threshold),
+        lead_by_type=lead_by_type(critical),
         probability=pl.DataFrame(probs),
         reliability=pl.concat(tables),
         fleet_probability=pl.DataFrame(fleet_rows),
@@ -235,11 +242,9 @@ def auprc(curve: pl.DataFrame) -> float:
     return float(np.sum(np.diff(recall) * precision))
 
 
-def lead_by_type(fleet: Fleet, calibration: IncidentCalibration, threshold: float) -> pl.DataFrame:
+def lead_by_type(fleet: Fleet) -> pl.DataFrame:
     """Return per rule and incident type: scored incidents, hits, recall and median lead minutes."""
-    p_alert, _ = probabilities(fleet.warnings, calibration, ALERT_WINDOW)
-    alarms = pl.concat([fleet.alarms, probability_alarms(fleet.warnings, p_alert, threshold)])
-    outcomes = early_warning(alarms, fleet.incidents, fleet.window, rules=list(RULES)).incidents
+    outcomes = early_warning(fleet.alarms, fleet.incidents, fleet.window, rules=list(RULES)).incidents
     return (
         outcomes.group_by("rule", "incident_type")
         .agg(

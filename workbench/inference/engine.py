@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 from workbench import contract as c
-from workbench.inference.forecast import Forecast, postprocess
+from workbench.inference.forecast import RECENT_STEPS, Forecast, postprocess
 from workbench.inference.inputs import build_inputs
 from workbench.inference.speedups import optimise
 from workbench.inference.window import IngestReport, Windows, WindowStore
@@ -144,6 +144,8 @@ class Engine:
             warming_up=warming,
             missing=missing,
             min_history=need,
+            recent=_recent(windows),
+            levels=tuple(self.bundle.config.quantiles),
         )
 
     def predict(self, windows: Windows) -> np.ndarray:
@@ -201,6 +203,15 @@ def _select(windows: Windows, which: Any) -> Windows:
         lengths=windows.lengths[idx],
         last_step=windows.last_step[idx],
     )
+
+
+def _recent(windows: Windows, steps: int = RECENT_STEPS) -> np.ndarray:
+    """Return ``(servers, steps, metrics)``: each server's last ``steps`` values, NaN before its first."""
+    idx = windows.lengths[:, None] - steps + np.arange(steps)[None, :]  # (n, steps)
+    rows = np.arange(len(windows.servers))[:, None]
+    out = windows.values[rows, np.maximum(idx, 0)].astype(np.float64)
+    out[idx < 0] = np.nan
+    return out
 
 
 def _current(windows: Windows) -> np.ndarray:

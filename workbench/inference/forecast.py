@@ -18,10 +18,11 @@ import polars.selectors as cs
 
 from workbench import contract as c
 
-QUANTILE_NAMES = ("p10", "p50", "p90")
+QUANTILE_NAMES = tuple(f"p{round(100 * q)}" for q in c.QUANTILE_LEVELS)  # p10, p50, p90
 SOURCE_TFT = "tft"
 SOURCE_WARMING_UP = "warming_up"
 SOURCE_MISSING = "missing_metrics"
+RECENT_STEPS = 3600 // c.STEP_SECONDS  # the last hour a forecast carries: what predict_linear(v[1h]) reads
 
 
 @dataclass
@@ -39,6 +40,9 @@ class Forecast:
         missing: Servers with enough history but no value at all for some targets in their window.
         min_history: Steps a server needs before it is forecast.
         source: Where the numbers come from.
+        recent: ``(servers, 12, targets)`` the last hour of observed values, oldest first (NaN
+            before a server's first step); the ``predict_linear`` alert rule reads it.
+        levels: The probabilities of the three quantiles (the model's; p10, p50, p90 by default).
     """
 
     servers: list[str]
@@ -51,6 +55,8 @@ class Forecast:
     missing: dict[str, list[str]] = field(default_factory=dict)
     min_history: int = 0
     source: str = SOURCE_TFT
+    recent: np.ndarray | None = None
+    levels: tuple[float, ...] = c.QUANTILE_LEVELS
 
     @property
     def horizon(self) -> int:

@@ -105,13 +105,21 @@ def save_calibration(bundle: Bundle, path: str | Path) -> Path:
     return file
 
 
-def load_bundle(path: str | Path, *, targets: Sequence[str] | None = None, device: str | None = None) -> Bundle:
+def load_bundle(
+    path: str | Path,
+    *,
+    targets: Sequence[str] | None = None,
+    device: str | None = None,
+    incidents: bool = True,
+) -> Bundle:
     """Load a bundle written by :func:`save_bundle`, refusing any mismatch with a clear error.
 
     Args:
         path: The bundle folder.
         targets: When given, the metrics the caller expects the model to forecast.
         device: Where to put the network (``cpu``, ``cuda``, ...); CUDA when present by default.
+        incidents: Read the incident calibration (``False``: leave it out, e.g. to fit a new one
+            over a stale section).
 
     Raises:
         BundleError: a file is missing or malformed, the stored contract differs from the
@@ -133,14 +141,14 @@ def load_bundle(path: str | Path, *, targets: Sequence[str] | None = None, devic
     target_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     network = network.to(target_device).eval()
     training = _read_json(root / "training.json")
-    calibration, incidents = None, None
+    calibration, incident_calibration = None, None
     if (root / CALIBRATION_FILE).is_file():
         stored = _read_json(root / CALIBRATION_FILE)
         if "bands" in stored:
             calibration = BandCalibration.from_json(stored, spec.targets, spec.horizon)
-        if "incidents" in stored:
-            incidents = IncidentCalibration.from_json(stored["incidents"])
-    return Bundle(network, spec, config, config_json["network"], training, root, calibration, incidents)
+        if incidents and "incidents" in stored:
+            incident_calibration = IncidentCalibration.from_json(stored["incidents"])
+    return Bundle(network, spec, config, config_json["network"], training, root, calibration, incident_calibration)
 
 
 def _check_targets(root: Path, spec: DatasetSpec, config: TrainConfig, expected: Sequence[str] | None) -> None:

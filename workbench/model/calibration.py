@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench import contract as c
 from workbench.errors import BundleError
 
 CALIBRATION_VERSION = 1
@@ -56,7 +57,7 @@ class BandCalibration:
         quantiles: np.ndarray,
         actual: np.ndarray,
         *,
-        levels: tuple[float, float] = (0.1, 0.9),
+        levels: tuple[float, float] = (c.QUANTILE_LEVELS[0], c.QUANTILE_LEVELS[-1]),
     ) -> BandCalibration:
         """Fit the factors on validation forecasts.
 

@@ -69,7 +69,7 @@ class TrainConfig:
     max_encoder_length: int = c.MAX_ENCODER_STEPS
     min_encoder_length: int = 36
     horizon: int = c.HORIZON_STEPS
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    quantiles: tuple[float, ...] = c.QUANTILE_LEVELS
     hidden_size: int = 32
     attention_head_size: int = 4
     hidden_continuous_size: int = 8

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from workbench.service.settings import FORECAST_WORKERS
+from workbench.service.settings import ALERT_RULES, FORECAST_WORKERS
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
 _PATH = click.Path(path_type=Path)
@@ -45,6 +45,13 @@ _LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
     type=click.IntRange(min=1),
     help="Torch threads for forecasts (default: every core in the worker process, half of them in a thread).",
 )
+@click.option(
+    "--alert-rule",
+    type=click.Choice(ALERT_RULES),
+    default="auto",
+    show_default=True,
+    help="auto: the calibrated incident probability when the bundle has one, else the band edge.",
+)
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 def serve(
     bundle: Path,
@@ -62,6 +69,7 @@ def serve(
     thresholds: Path | None,
     forecast_worker: str,
     threads: int | None,
+    alert_rule: str,
     log_level: str,
 ) -> None:
     """Run the inference daemon: POST /feed/data in, forecasts, alerts and risk out.
@@ -91,6 +99,7 @@ def serve(
         threads=threads,
         forecast_worker=forecast_worker,
         log_level=log_level,
+        alert_rule=alert_rule,
     )
     if settings.forecast_worker == "thread":
         configure_threads(settings.threads)

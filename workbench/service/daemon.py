@@ -21,6 +21,7 @@ import torch
 from fastapi import FastAPI
 
 from workbench import contract as c
+from workbench.alert_rules import resolve_rule
 from workbench.inference.engine import Engine
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
@@ -54,6 +55,8 @@ class InferenceDaemon:
     def __init__(self, settings: InferenceSettings, bundle: Bundle, thresholds: Thresholds) -> None:
         self.settings = settings
         self.bundle = bundle
+        self.thresholds = thresholds
+        self.alert_rule = resolve_rule(settings.alert_rule, bundle.incidents)  # fails before any state is opened
         gaps, servers = settings.max_gap_steps, settings.max_servers
         in_thread = settings.forecast_worker == "thread"  # else the worker builds its own fast network
         self.engine = Engine(
@@ -80,10 +83,15 @@ class InferenceDaemon:
             max_future_seconds=settings.max_future_seconds,
         )
         documents = Documents(
-            tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata(), bundle.incidents
-        )
+            tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata(), bundle.incidents,
+            self.alert_rule,
+        )  # fmt: skip
         if bundle.incidents is None:
-            log.warning("%s has no incident calibration: probabilities are reported as uncalibrated", bundle.path)
+            log.warning(
+                "%s has no incident calibration: probabilities are reported as uncalibrated, alerts use the %s rule",
+                bundle.path,
+                self.alert_rule,
+            )
         self.worker = None if in_thread else ForecastProcess(self._worker_config(thresholds))
         backend: Backend = Forecaster(self.engine, documents) if self.worker is None else self.worker
         self.predictor = Predictor(
@@ -120,6 +128,7 @@ class InferenceDaemon:
             threads=s.threads,
             thresholds=thresholds.to_dict(),
             metadata=self._metadata(),
+            alert_rule=self.alert_rule,
         )
 
     def _device(self) -> str:
@@ -138,6 +147,9 @@ class InferenceDaemon:
             "device": self._device(),
             "targets": list(self.bundle.targets),
             "forecast_worker": self.settings.forecast_worker,
+            "alert_rule": self.alert_rule,
+            "probabilities": "calibrated" if self.bundle.incidents is not None else "uncalibrated",
+            "thresholds": self.thresholds.to_dict(),  # the levels it alerts on, for the dashboard's lines
         }
 
     @property

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from workbench import contract as c
+from workbench.alert_rules import make_rule
 from workbench.alerts import Alert, AlertTracker
 from workbench.early_warning.calibrator import IncidentCalibration
 from workbench.inference.engine import Engine
@@ -84,6 +85,7 @@ class Documents:
         metadata: Fixed metadata keys (model_type, bundle, contract_version, horizon_steps, device).
         incidents: The bundle's incident calibration (``None``: probabilities are reported as
             ``uncalibrated``).
+        alert_rule: Name of the alert rule (:data:`workbench.alerts.RULE_NAMES`).
     """
 
     targets: tuple[str, ...]
@@ -91,6 +93,7 @@ class Documents:
     thresholds: Thresholds
     metadata: Mapping[str, Any]
     incidents: IncidentCalibration | None = None
+    alert_rule: str = "band_edge"
 
     def publish(
         self,
@@ -150,7 +153,7 @@ class Forecaster:
     def __init__(self, engine: Engine, documents: Documents) -> None:
         self.engine = engine
         self.documents = documents
-        self.tracker = AlertTracker()
+        self.tracker = AlertTracker(make_rule(documents.alert_rule, documents.incidents))
         self.last: tuple[Forecast, list[Alert]] | None = None
 
     def forecast(self, state: Mapping[str, np.ndarray], version: int) -> Published:

@@ -41,11 +41,14 @@ def render_forecast(forecast: Forecast | None, alerts: Sequence[Alert], report: 
     lines = _forecast_lines(forecast)
     lines += _header("workbench_alert", "1 for each active predictive alert")
     ahead = _header("workbench_alert_minutes_ahead", "Minutes until the forecast band reaches the alert's threshold")
+    odds = _header("workbench_alert_probability", "The alert rule's probability that the threshold is passed")
     for a in alerts:
-        labels = f'server="{_escape(a.server)}",metric="{a.metric}",severity="{a.severity}"'
+        labels = f'server="{_escape(a.server)}",metric="{a.metric}",severity="{a.severity}",rule="{a.rule}"'
         lines.append(f"workbench_alert{{{labels}}} 1.0")
         ahead.append(f"workbench_alert_minutes_ahead{{{labels}}} {_number(a.minutes_ahead)}")
-    lines += ahead
+        if a.probability is not None:
+            odds.append(f"workbench_alert_probability{{{labels}}} {_number(a.probability)}")
+    lines += ahead + odds
     lines += _header("workbench_risk_score", "Risk score of a server, 0-100")
     if report is not None:
         for server, value in zip(report.servers, report.risk_score.tolist(), strict=True):

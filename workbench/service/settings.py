@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from workbench import contract as c
+from workbench.alerts import RULE_NAMES
 from workbench.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -64,6 +65,7 @@ def api_key_from_env(variable: str | None) -> str | None:
     return key.strip()
 
 
+ALERT_RULES = ("auto", *RULE_NAMES)
 FORECAST_WORKERS = ("process", "thread")
 
 
@@ -97,6 +99,8 @@ class InferenceSettings:
             the request path's GIL or cores; ``thread``: in a thread of the daemon (tests,
             debugging).
         log_level: Uvicorn and workbench log level.
+        alert_rule: ``auto`` (the calibrated rule when the bundle has an incident calibration,
+            else the band edge) or one of :data:`workbench.alert_rules.RULE_NAMES`.
     """
 
     bundle: Path
@@ -120,9 +124,12 @@ class InferenceSettings:
     threads: int | None = None
     forecast_worker: str = "process"
     log_level: str = "info"
+    alert_rule: str = "auto"
 
     def __post_init__(self) -> None:
         problems = _common(self.host, self.port, self.log_level)
+        if self.alert_rule not in ALERT_RULES:
+            problems.append(f"alert_rule={self.alert_rule!r}; allowed: {', '.join(ALERT_RULES)}")
         if self.threads is not None:
             problems += _integer("threads", self.threads, 1)
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -58,6 +58,7 @@ class WorkerConfig:
         threads: Torch threads (``None``: every core; the worker is niced).
         thresholds: Alert levels as :meth:`Thresholds.to_dict` gives them.
         metadata: Fixed metadata keys of the documents.
+        alert_rule: Name of the alert rule (resolved by the daemon).
     """
 
     bundle: str
@@ -68,6 +69,7 @@ class WorkerConfig:
     threads: int | None
     thresholds: dict[str, Any]
     metadata: dict[str, Any]
+    alert_rule: str = "band_edge"
 
 
 def send_frames(conn: Connection, header: Mapping[str, Any], blobs: Mapping[str, Any]) -> None:
@@ -256,7 +258,9 @@ def _build(config: WorkerConfig) -> Any:
         bundle, batch_size=config.batch_size, max_gap_steps=config.max_gap_steps, max_servers=config.max_servers
     )
     thresholds = Thresholds.from_dict(config.thresholds)
-    documents = Documents(tuple(bundle.targets), engine.spec.horizon, thresholds, config.metadata, bundle.incidents)
+    documents = Documents(
+        tuple(bundle.targets), engine.spec.horizon, thresholds, config.metadata, bundle.incidents, config.alert_rule
+    )
     log.info("forecast worker ready in %.1f s (pid %d)", time.monotonic() - started, os.getpid())
     return Forecaster(engine, documents)
 
