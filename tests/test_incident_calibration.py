@@ -220,3 +220,12 @@ def test_a_stale_incident_section_can_be_left_out_to_refit_it(tiny_bundle_dir, t
     with pytest.raises(BundleError, match="features"):
         load_bundle(folder, device="cpu")
     assert load_bundle(folder, device="cpu", incidents=False).incidents is None
+
+
+def test_the_alert_threshold_must_hold_its_precision_above_it() -> None:
+    from workbench.early_warning.fit import pick_threshold
+
+    curve = pl.DataFrame({"threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7], "precision": [0.5, 0.72, 0.65, 0.71, 0.8, None]})
+    assert pick_threshold(curve, 0.7)[0] == 0.5  # 0.3 reaches 0.7 alone, then 0.4 falls below
+    tau, how = pick_threshold(curve, 0.9)
+    assert tau == 0.6 and "no threshold" in how  # none holds 0.9: the most precise one, said so

@@ -108,16 +108,18 @@ def threshold_curve(
 
 
 def pick_threshold(curve: pl.DataFrame, target_precision: float) -> tuple[float, str]:
-    """Return the lowest threshold whose precision reaches the target, and how it was chosen.
+    """Return the lowest threshold from which on precision stays at or above the target, and how.
 
-    When no threshold reaches it, the one with the highest precision is returned and the
-    reason says so.
+    A threshold counts only when every higher threshold that still gives alarms reaches the
+    target too: a single lucky dip of the curve is not a threshold to rely on on unseen
+    servers. When none does, the most precise threshold is returned and the reason says so.
     """
-    ok = curve.filter(pl.col("precision") >= target_precision)
+    pts = curve.drop_nulls("precision").sort("threshold", descending=True)
+    steady = pts.with_columns((pl.col("precision") >= target_precision).cum_min().alias("steady"))
+    ok = steady.filter(pl.col("steady"))
     if ok.height:
-        return float(
-            ok["threshold"].to_numpy().min()
-        ), f"lowest threshold with validation precision >= {target_precision}"
+        how = f"lowest threshold from which on validation precision stays >= {target_precision}"
+        return float(ok["threshold"].to_numpy().min()), how
     best = curve.drop_nulls("precision").sort("precision", descending=True)
     if best.is_empty():
         raise ConfigError("no threshold gave a single alarm on the validation fleets")
@@ -155,6 +157,7 @@ def fit_incidents(fleets: Sequence[Fleet], *, target_precision: float = TARGET_P
         "target_precision": target_precision,
         "chosen_by": how,
         "validation": {k: chosen[k] for k in ("recall", "precision", "f1", "median_lead_minutes")},
+        "validation_curve": curve.select("threshold", "recall", "precision", "f1").to_dicts(),
     }
     fleet_record = [
         {"name": f.name, "servers": len(f.window.servers), "server_days": round(f.window.server_days, 1),
