@@ -229,3 +229,13 @@ def test_the_alert_threshold_must_hold_its_precision_above_it() -> None:
     assert pick_threshold(curve, 0.7)[0] == 0.5  # 0.3 reaches 0.7 alone, then 0.4 falls below
     tau, how = pick_threshold(curve, 0.9)
     assert tau == 0.6 and "no threshold" in how  # none holds 0.9: the most precise one, said so
+
+
+def test_a_benchmark_target_without_its_figure_fails() -> None:
+    from workbench.evaluation.warning_benchmark import _check
+
+    assert _check("recall", None, 0.8) == ("recall", None, False)
+    assert _check("recall", float("nan"), 0.8)[2] is False
+    assert _check("recall", 0.81, 0.8)[2] and not _check("recall", 0.79, 0.8)[2]
+    assert _check("ece", 0.04, 0.05, below=True)[2] and not _check("ece", 0.06, 0.05, below=True)[2]
+    assert _check("gap", -0.04, 0.0, within=0.05)[2] and not _check("gap", 0.07, 0.0, within=0.05)[2]

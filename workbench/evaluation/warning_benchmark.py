@@ -42,6 +42,9 @@ from workbench.model.bundle import Bundle
 from workbench.simulator import DEFAULT_START, make_fleet, simulate
 
 WARMUP_DAYS = 1
+TARGETS = {  # the issue's targets, as the report checks them
+    "recall": 0.8, "precision": 0.7, "lead": 60.0, "f1_ratio": 2.0, "false_alarms": 0.1, "ece": 0.05, "skill": 0.3,
+}  # fmt: skip
 RULES = ("calibrated", "band_edge", "predict_linear", "static")
 BASELINE_RULES = ("band_edge", "predict_linear", "static")  # what validation fleets run: no calibration yet
 
@@ -162,6 +165,40 @@ class BenchmarkResult:
             "probability": probs,
             "fleet_probability": self.fleet_probability.to_dicts(),
         }
+
+    def targets(self) -> pl.DataFrame:
+        """Return the issue's targets as ``target, value, met`` rows (a missing figure fails)."""
+        crit = self.rules.filter((pl.col("fleet") == "test-critical") & (pl.col("rule") == "calibrated")).to_dicts()
+        healthy = self.rules.filter((pl.col("fleet") == "test-healthy") & (pl.col("rule") == "calibrated")).to_dicts()
+        ratio = self.metrics()["f1_ratio_vs_best_baseline"]
+        c0, h0 = (crit or [{}])[0], (healthy or [{}])[0]
+        rows = [
+            _check("recall >= 0.8 (test-critical)", c0.get("recall"), TARGETS["recall"]),
+            _check("precision >= 0.7 (test-critical)", c0.get("precision"), TARGETS["precision"]),
+            _check("median lead >= 60 min (test-critical)", c0.get("median_lead_minutes"), TARGETS["lead"]),
+            _check("F1 >= 2x the best of predict_linear and static", ratio, TARGETS["f1_ratio"]),
+            _check("false alarms per server-day <= 0.1 (test-healthy)", h0.get("false_alarms_per_server_day"),
+                   TARGETS["false_alarms"], below=True),
+        ]  # fmt: skip
+        for row in self.probability.to_dicts():
+            where = f"{row['fleet']}, {row['window']}"
+            rows.append(_check(f"ECE <= 0.05 ({where})", row["ece"], TARGETS["ece"], below=True))
+            rows.append(_check(f"Brier skill >= 0.3 ({where})", row["brier_skill"], TARGETS["skill"]))
+        gap = self.fleet_probability.filter((pl.col("fleet") == "test-healthy") & (pl.col("window") == "30m"))
+        for value in gap["gap"].to_list():
+            rows.append(_check("healthy 30-min fleet probability within 0.05 of observed", value, 0.0, within=0.05))
+        return pl.DataFrame(rows, schema=["target", "value", "met"], orient="row")
+
+
+def _check(
+    name: str, value: object, bar: float, *, below: bool = False, within: float | None = None
+) -> tuple[str, float | None, bool]:
+    """One target row: ``value >= bar`` (``<=`` when ``below``, ``|value - bar| <= within``); None fails."""
+    if not isinstance(value, int | float) or value != value:  # None or NaN
+        return name, None, False
+    v = float(value)
+    ok = abs(v - bar) <= within if within is not None else (v <= bar if below else v >= bar)
+    return name, v, ok
 
 
 def _pick(row: dict[str, object]) -> dict[str, object]:
