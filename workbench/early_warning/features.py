@@ -50,19 +50,15 @@ class WarningFeatures:
 
     Attributes:
         servers: Forecast servers, in row order.
-        profiles: Profile of each server.
         metrics: Forecast metrics, in column order.
         values: ``(servers, metrics, len(FEATURES))`` features; NaN where the metric has no level.
         alerting: ``(servers, metrics)`` whether the metric has a critical level for the server.
-        last_step: Origin step of each server.
     """
 
     servers: tuple[str, ...]
-    profiles: tuple[str, ...]
     metrics: tuple[str, ...]
     values: np.ndarray
     alerting: np.ndarray
-    last_step: np.ndarray
 
 
 def warning_features(forecast: Forecast, thresholds: Thresholds) -> WarningFeatures:
@@ -96,14 +92,7 @@ def warning_features(forecast: Forecast, thresholds: Thresholds) -> WarningFeatu
     alerting = np.isfinite(critical) & (scale > 0)
     values[~alerting] = np.nan
     values[alerting] = np.nan_to_num(values[alerting], nan=-CLIP_LOW)  # a gap in the window reads as "far below"
-    return WarningFeatures(
-        tuple(forecast.servers),
-        tuple(forecast.profiles),
-        tuple(forecast.targets),
-        values,
-        alerting,
-        np.asarray(forecast.last_step),
-    )
+    return WarningFeatures(tuple(forecast.servers), tuple(forecast.targets), values, alerting)
 
 
 def _history(forecast: Forecast, distance: Callable[[np.ndarray, int], np.ndarray]) -> list[np.ndarray]:

@@ -53,13 +53,14 @@ class Fleet:
 def probabilities(warnings: WarningSet, calibration: IncidentCalibration, window: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(T, servers, metrics)`` metric and ``(T, servers)`` server probabilities of one window.
 
-    Servers without a forecast at an origin get NaN.
+    They are what the daemon serves (:meth:`IncidentCalibration.predict`); servers without a
+    forecast at an origin get NaN.
     """
-    model = calibration.windows[window]
     t, n, m, f = warnings.features.shape
     flat = warnings.features.reshape(t * n, m, f)
-    metric = model.metric_probability(flat, warnings.metrics)
-    server = model.server_probability(metric)
+    k = list(WINDOW_STEPS).index(window)
+    metrics, servers = calibration.predict(flat, warnings.metrics)
+    metric, server = metrics[..., k].copy(), servers[:, k].copy()
     seen = ~np.isnan(flat).all(axis=(1, 2))
     metric[~seen], server[~seen] = np.nan, np.nan
     return metric.reshape(t, n, m), server.reshape(t, n)
