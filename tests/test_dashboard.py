@@ -15,6 +15,7 @@ from workbench.cli import main
 from workbench.dashboard import DaemonClient, FleetDashboard, launch
 from workbench.dashboard import defaults as d
 from workbench.dashboard.documents import parse_time, plot_time
+from workbench.dashboard.environment import gauge_style
 from workbench.dashboard.server import TRACES
 from workbench.errors import ConfigError, DaemonError, DaemonUnreachable
 from workbench.thresholds import Thresholds
@@ -284,6 +285,34 @@ def test_live_banner_and_environment(dash):
     assert "Incident probability (30 min): <b>10.0 %</b>" in dash.environment.p30m.value
     assert "degraded" in dash.environment.health.value and not dash.environment.warming_up
     assert dash.environment.gauges[1].value == pytest.approx(42.0)
+
+
+@pytest.mark.parametrize(
+    ("p", "healthy", "style"),
+    [
+        (0.45, 0.40, "success"),  # a 12-server fleet on an ordinary day: high figure, normal for its size
+        (0.60, 0.40, "warning"),  # a third of the room above the healthy figure
+        (0.75, 0.40, "danger"),
+        (0.15, 0.01, "success"),  # far above a small fleet's figure, still below the fixed elevated level
+        (0.30, 0.01, "warning"),
+        (0.60, None, "danger"),  # no healthy figure: the fixed levels alone
+        (0.30, None, "warning"),
+        (0.10, None, "success"),
+    ],
+)
+def test_gauges_read_the_fleet_figure_against_a_healthy_fleet(p, healthy, style):
+    assert gauge_style(p, healthy) == style
+
+
+def test_environment_names_the_healthy_fleet_figure(dash, fake):
+    fake.doc["environment"] = {
+        **fake.doc["environment"],
+        "incident_probability_8h": 0.45,
+        "healthy_probability_8h": 0.4,
+    }
+    dash.refresh()
+    assert "(healthy fleet: 40.0 %)" in dash.environment.p8h.value
+    assert dash.environment.gauges[1].bar_style == "success"
 
 
 def test_unreachable_daemon_keeps_the_last_data_greyed_and_recovers(dash, fake):

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,13 +11,14 @@ from workbench.early_warning import FEATURES, IncidentCalibration, WarningSet, f
 from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic, Logistic, WindowModel
 from workbench.errors import BundleError, ConfigError
 from workbench.evaluation.probability import brier_skill, expected_calibration_error, reliability
-from workbench.inference.forecast import Forecast
+from workbench.inference.forecast import Forecast, history_baseline
 from workbench.thresholds import Thresholds
 
 H = c.HORIZON_STEPS
 F = len(FEATURES)
 METRICS = ("cpu_pct", "mem_pct")
-TRUE_W = np.array([1.2, 0.0, 0.8, 0.0, 0.0, 0.0, 0.5, -0.4, 0.3, 0.0])
+WEIGHTS = {"current": 1.2, "p90_30m": 0.8, "p90_8h": 0.5, "rise_1h": -0.4, "slope_1h": 0.3, "z_30m": 0.4}
+TRUE_W = np.array([WEIGHTS.get(name, 0.0) for name in FEATURES])
 
 
 def constructed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,6 +121,34 @@ def test_features_measure_distance_to_the_critical_level_by_window() -> None:
     assert row["slope_1h"] == 0 and row["change_30m"] == 0  # no history carried: no trend
     assert feats.alerting.tolist() == [[True, False]]  # net_in has no level
     assert np.isnan(feats.values[0, 1]).all()
+
+
+def test_deviation_features_see_a_rise_that_is_small_against_the_levels() -> None:
+    # generic cpu, warning 80 / critical 95: a quiet 20 % +- 1 server whose last hour climbs to 28 %
+    rng = np.random.default_rng(0)
+    history = 20 + rng.normal(0, 1, size=(1, 96, 2))
+    history[0, -12:, 0] = np.linspace(21, 28, 12)
+    history[0, :, 1] = 10.0
+    lengths = np.array([96])
+    base = history_baseline(history, lengths)
+    assert base[0, 0, 0] == pytest.approx(20, abs=0.5) and base[0, 0, 1] == pytest.approx(1, abs=0.3)
+    forecast = replace(ramp_forecast(np.full(H, 40.0), cpu_now=28.0), recent=history[:, -12:].copy(), baseline=base)
+    row = dict(zip(FEATURES, warning_features(forecast, Thresholds()).values[0, 0], strict=True))
+    assert row["current"] == pytest.approx((28 - 95) / 15)  # still far below warning by the levels' measure
+    assert row["z_now"] > 6 and 3 < row["z_30m"] < row["z_now"]  # but 8 spreads above its own normal
+    calm = replace(forecast, baseline=None)
+    calm_row = dict(zip(FEATURES, warning_features(calm, Thresholds()).values[0, 0], strict=True))
+    assert calm_row["z_now"] == 0 and calm_row["z_30m"] == 0  # no baseline: no claim of anything unusual
+
+
+def test_history_baseline_ignores_the_last_hour_and_the_padding() -> None:
+    values = np.zeros((2, 40, 1))
+    values[0, :28, 0] = 5.0  # 40 steps of history: the first 28 form the baseline
+    values[0, 28:, 0] = 100.0
+    values[1, :10, 0] = 7.0  # 10 steps only: no history before the last hour
+    base = history_baseline(values, np.array([40, 10]))
+    assert base[0, 0].tolist() == [5.0, 0.0]
+    assert np.isnan(base[1]).all()
 
 
 def test_labels_mark_origins_whose_window_meets_the_critical_phase() -> None:
@@ -239,3 +269,14 @@ def test_a_benchmark_target_without_its_figure_fails() -> None:
     assert _check("recall", 0.81, 0.8)[2] and not _check("recall", 0.79, 0.8)[2]
     assert _check("ece", 0.04, 0.05, below=True)[2] and not _check("ece", 0.06, 0.05, below=True)[2]
     assert _check("gap", -0.04, 0.0, within=0.05)[2] and not _check("gap", 0.07, 0.0, within=0.05)[2]
+
+
+def test_healthy_fleet_probability_grows_with_the_fleet(fitted) -> None:
+    record = {"healthy_server_rate": {"30m": 0.002, "8h": 0.04}}
+    calibration = IncidentCalibration(dict.fromkeys(WINDOW_STEPS, fitted), record=record)
+    one, twelve = calibration.healthy_fleet_probability(1), calibration.healthy_fleet_probability(12)
+    assert one == pytest.approx({"30m": 0.002, "8h": 0.04})
+    assert twelve["8h"] == pytest.approx(1 - 0.96**12) and twelve["30m"] == pytest.approx(1 - 0.998**12)
+    assert IncidentCalibration(dict.fromkeys(WINDOW_STEPS, fitted)).healthy_fleet_probability(12) is None
+    back = IncidentCalibration.from_json(json.loads(json.dumps(calibration.to_json())))
+    assert back.healthy_fleet_probability(12) == pytest.approx(twelve)

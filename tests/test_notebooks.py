@@ -162,8 +162,16 @@ def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path
     bundle = load_bundle(bundle_dir, device="cpu")
     bundle.incidents = calibrate(bundle, scale=0.2)
     save_calibration(bundle, bundle_dir)
+    rates = bundle.incidents.record["healthy_server_rate"]
+    assert 0 <= rates["30m"] <= rates["8h"] <= 1
     assert load_bundle(bundle_dir, device="cpu").incidents is not None
-    metrics = run("06_early_warning", tmp_path, bundle=str(bundle_dir), scale=0.2, progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    metrics = run(
+        "06_early_warning", tmp_path, bundle=str(bundle_dir), compare_bundle=str(other), scale=0.2, progress=False
+    )
+    assert [row["model"].split(" ")[0] for row in metrics["comparison"]] == [str(bundle_dir), str(other)]
+    assert metrics["comparison"][0]["recall"] == metrics["critical"]["calibrated"]["recall"]
     assert set(metrics["critical"]) == {"calibrated", "band_edge", "predict_linear", "static"}
     assert set(metrics["healthy_false_alarms_per_server_day"]) == set(metrics["critical"])
     assert metrics["calibrated"] is True and 0 < metrics["threshold"] <= 1

@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from workbench import contract as c
-from workbench.inference.forecast import RECENT_STEPS, Forecast, postprocess
+from workbench.inference.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
 
 SEASON_STEPS = 288
 LINEAR_WINDOW_STEPS = RECENT_STEPS  # predict_linear(v[1h], ...) sees one hour of samples
@@ -249,6 +249,7 @@ def rule_forecast(panel: Panel, baseline: Baseline, horizon: int, *, residual_or
         min_history=baseline.min_history,
         source=baseline.name,
         recent=values[keep, -RECENT_STEPS:].astype(np.float64),
+        baseline=history_baseline(values[keep], np.full(int(keep.sum()), t)),
     )
 
 

@@ -167,6 +167,8 @@ class RiskReport:
         missing: Servers not forecast because some targets have no value in their window.
         calibrated: Whether the critical columns are incident probabilities learned from ground
             truth (``False``: band exceedances, not checked against any).
+        healthy: Per window (``30m``, ``8h``), the fleet probability a healthy fleet of this many
+            forecast servers shows (from the calibration's record; ``None`` when unknown).
     """
 
     servers: tuple[str, ...]
@@ -179,6 +181,7 @@ class RiskReport:
     warming_up: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     calibrated: bool = False
+    healthy: dict[str, float] | None = None
 
     @property
     def p_critical_30m(self) -> np.ndarray:
@@ -250,6 +253,10 @@ class RiskReport:
             "missing_metrics_servers": len(self.missing),
             "max_risk_score": round(float(self.risk_score.max(initial=0.0)), 1),
             "probabilities": "calibrated" if self.calibrated else "uncalibrated",
+            **{
+                f"healthy_probability_{w}": None if self.healthy is None else round(self.healthy[w], 4)
+                for w in ("30m", "8h")
+            },
         }
 
     def server_json(self) -> dict[str, dict[str, Any]]:
@@ -332,6 +339,7 @@ def risk(
         warming_up=tuple(forecast.warming_up),
         missing=tuple(getattr(forecast, "missing", {})),  # servers whose window lacks a target
         calibrated=incidents is not None,
+        healthy=incidents.healthy_fleet_probability(len(forecast.servers)) if incidents is not None else None,
     )
 
 

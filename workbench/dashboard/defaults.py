@@ -31,6 +31,8 @@ HISTORY_COLOUR = INK
 
 # Colours of the incident-probability bars (percent): a display choice, not an alert level.
 PROBABILITY_ELEVATED_PCT, PROBABILITY_HIGH_PCT = 20.0, 50.0
+# Share of the room between a healthy fleet's probability and 100 % a fleet figure takes to colour its gauge.
+EXCESS_ELEVATED, EXCESS_HIGH = 0.25, 0.5
 
 # Sizes.
 TILE_WIDTH = "150px"

@@ -54,8 +54,9 @@ class EnvironmentPanel(w.VBox):
             "uncalibrated": ' <span style="color:#b35900" title="band exceedances never checked against incidents: '
             'run workbench calibrate-incidents on the bundle">(uncalibrated)</span>',
         }.get(str(kind), "")
-        self.p30m.value = f"Incident probability (30 min): <b>{percent(p30)}</b>{note}"
-        self.p8h.value = f"Incident probability (8 h): <b>{percent(p8)}</b>{note}"
+        base30, base8 = env.get("healthy_probability_30m"), env.get("healthy_probability_8h")
+        self.p30m.value = f"Incident probability (30 min): <b>{percent(p30)}</b>{note}{_usual(base30)}"
+        self.p8h.value = f"Incident probability (8 h): <b>{percent(p8)}</b>{note}{_usual(base8)}"
         total = env.get("total_servers")
         self.high_risk.value = f"High-risk servers: <b>{env.get('high_risk_servers', '–')}</b> of {total or 0}"
         health = str(env.get("fleet_health", "unknown"))
@@ -66,11 +67,10 @@ class EnvironmentPanel(w.VBox):
 
     def _draw_gauges(self) -> None:
         env = self.environment
-        values = (env.get("incident_probability_30m"), env.get("incident_probability_8h"))
-        for gauge, p in zip(self.gauges, values, strict=True):
+        for gauge, window in zip(self.gauges, ("30m", "8h"), strict=True):
+            p = env.get(f"incident_probability_{window}")
             gauge.value = 100 * (p or 0.0)
-            high, elevated = gauge.value >= d.PROBABILITY_HIGH_PCT, gauge.value >= d.PROBABILITY_ELEVATED_PCT
-            gauge.bar_style = "danger" if high else ("warning" if elevated else "success")
+            gauge.bar_style = gauge_style(p or 0.0, env.get(f"healthy_probability_{window}"))
 
     def _show_warmup(self, warmup: dict[str, Any]) -> None:
         if not warmup or warmup.get("is_warmed_up") or not warmup.get("total_servers"):
@@ -84,3 +84,29 @@ class EnvironmentPanel(w.VBox):
         )
         self.warmup_bar.value = progress
         self._warmup_box.layout.display = "flex"
+
+
+def gauge_style(p: float, healthy: float | None) -> str:
+    """Return the gauge's colour for fleet probability ``p``, read against a healthy fleet's figure.
+
+    A fleet of many servers has a high 8-hour figure on an ordinary day (some server somewhere
+    has an incident); the colour says how much of the room above that figure ``p`` takes
+    (:data:`~workbench.dashboard.defaults.EXCESS_ELEVATED`, ``EXCESS_HIGH``), and never colours
+    a figure below the fixed elevated and high levels. Without a healthy figure, the levels alone.
+    """
+    pct = 100 * p
+    excess = 1.0 if healthy is None else (p - healthy) / max(1.0 - healthy, 1e-9)
+    if pct >= d.PROBABILITY_HIGH_PCT and excess >= d.EXCESS_HIGH:
+        return "danger"
+    if pct >= d.PROBABILITY_ELEVATED_PCT and excess >= d.EXCESS_ELEVATED:
+        return "warning"
+    return "success"
+
+
+def _usual(healthy: float | None) -> str:
+    if healthy is None:
+        return ""
+    return (
+        ' <span style="color:#666" title="what a healthy fleet of this many servers shows on an ordinary day, '
+        f'from the validation fleets">(healthy fleet: {percent(healthy)})</span>'
+    )

@@ -31,6 +31,7 @@ INCIDENTS_VERSION = 1
 WINDOW_STEPS: Mapping[str, int] = {"30m": 6, "8h": 96}
 MIN_POSITIVES = 40  # a metric with fewer positive examples uses the pooled model
 POOLED = "*"
+HEALTHY_RATE = "healthy_server_rate"  # record key: per window, a healthy server's observed incident rate
 REGULARISATION = 1.0  # scikit-learn's C (inverse L2 strength) on standardised features
 
 
@@ -223,6 +224,22 @@ class IncidentCalibration:
         metric = np.maximum.accumulate(np.stack(per_metric, axis=-1).reshape(n, m, -1), axis=-1)
         server = np.maximum.accumulate(np.stack(per_server, axis=-1).reshape(n, -1), axis=-1)
         return metric, server
+
+    def healthy_fleet_probability(self, servers: int) -> dict[str, float] | None:
+        """Return per window the probability a healthy fleet of ``servers`` shows (None: not recorded).
+
+        It is what a fleet of that size reads on an ordinary day, ``1 - (1 - r)^servers`` with ``r``
+        a healthy validation server's observed rate: the reference a fleet figure is read against.
+        """
+        rates = self.record.get(HEALTHY_RATE)
+        if not isinstance(rates, Mapping) or set(rates) != set(WINDOW_STEPS):
+            return None
+        r = np.clip(np.array([float(rates[w]) for w in WINDOW_STEPS]), 0.0, 1.0)
+        if not np.isfinite(r).all():
+            return None
+        with np.errstate(divide="ignore"):
+            p = -np.expm1(servers * np.log1p(-r))
+        return dict(zip(WINDOW_STEPS, (float(v) for v in p), strict=True))
 
     def to_json(self) -> dict[str, Any]:
         """Return the ``incidents`` section of ``calibration.json``."""

@@ -12,13 +12,20 @@ calibrator serves a fleet whose levels differ per profile. The features of a (se
 * ``rise_1h``: the median one hour ahead less the current value (the forecast's slope);
 * ``slope_1h``: the least-squares slope of the last hour of observations, per hour, and
   ``change_30m``: the current value less the value 30 minutes ago (what already happened; 0
-  without that history).
+  without that history);
+* ``z_now`` and ``z_30m``: how unusual the current value and the mean of the last 30 minutes
+  are for this server, in robust standard deviations of its own history before the last hour
+  (``Forecast.baseline``; 0 without it). Distances to a level miss a precursor that is large
+  for the server but small against the gap between warning and critical (latency doubling
+  from 40 ms ahead of an error storm); deviations from the server's usual level see it.
 
-Distances are clipped to ``[-CLIP_LOW, CLIP_HIGH]``: far below warning, how far no longer matters.
+Distances are clipped to ``[-CLIP_LOW, CLIP_HIGH]``: far below warning, how far no longer matters;
+deviations to ``[-Z_CLIP, Z_CLIP]``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,8 +45,12 @@ FEATURES: tuple[str, ...] = (
     "rise_1h",
     "slope_1h",
     "change_30m",
+    "z_now",
+    "z_30m",
 )
 CLIP_LOW, CLIP_HIGH = 8.0, 4.0
+Z_CLIP = 12.0
+SPREAD_FLOOR = 0.02  # smallest spread a deviation divides by, in distance units (2 % of warning→critical)
 STEPS_1H = 3600 // c.STEP_SECONDS
 STEPS_30M = STEPS_1H // 2
 
@@ -88,7 +99,8 @@ def warning_features(forecast: Forecast, thresholds: Thresholds) -> WarningFeatu
             columns.append(distance(edge[:, :, lo:hi], 1).max(axis=-1))
         columns.append(distance(median[:, :, STEPS_1H - 1]) - columns[0])
         columns += _history(forecast, distance)
-    values = np.clip(np.stack(columns, axis=-1), -CLIP_LOW, CLIP_HIGH)
+        values = np.clip(np.stack(columns, axis=-1), -CLIP_LOW, CLIP_HIGH)
+        values = np.concatenate([values, _deviation(forecast, distance, np.abs(scale))], axis=-1)
     alerting = np.isfinite(critical) & (scale > 0)
     values[~alerting] = np.nan
     values[alerting] = np.nan_to_num(values[alerting], nan=-CLIP_LOW)  # a gap in the window reads as "far below"
@@ -106,3 +118,21 @@ def _history(forecast: Forecast, distance: Callable[[np.ndarray, int], np.ndarra
     slope = (past * x).sum(axis=-1) / (x**2).sum() * STEPS_1H
     change = past[..., -1] - past[..., -1 - min(STEPS_30M, steps - 1)]
     return [np.nan_to_num(slope, nan=0.0), np.nan_to_num(change, nan=0.0)]
+
+
+def _deviation(forecast: Forecast, distance: Callable[[np.ndarray, int], np.ndarray], scale: np.ndarray) -> np.ndarray:
+    """``(n, m, 2)``: the current value and the last 30 minutes' mean against the server's baseline."""
+    n, m = forecast.current.shape
+    if forecast.baseline is None:
+        return np.zeros((n, m, 2))
+    centre = distance(forecast.baseline[..., 0], 0)
+    spread = np.maximum(forecast.baseline[..., 1] / scale, SPREAD_FLOOR)
+    last = distance(forecast.current, 0)
+    mean_30m = last
+    if forecast.recent is not None:
+        with warnings.catch_warnings():  # a server without the last 30 minutes keeps its current value
+            warnings.simplefilter("ignore", RuntimeWarning)
+            recent = np.nanmean(distance(np.swapaxes(forecast.recent[:, -STEPS_30M:], 1, 2), 1), axis=-1)
+        mean_30m = np.where(np.isnan(recent), last, recent)
+    z = np.stack([(last - centre) / spread, (mean_30m - centre) / spread], axis=-1)
+    return np.clip(np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP), -Z_CLIP, Z_CLIP)

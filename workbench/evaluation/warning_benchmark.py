@@ -18,7 +18,7 @@ the calibrated rule's threshold reads the probabilities directly (no hysteresis)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from workbench import contract as c
-from workbench.early_warning.calibrator import WINDOW_STEPS, IncidentCalibration, any_of
+from workbench.early_warning.calibrator import HEALTHY_RATE, WINDOW_STEPS, IncidentCalibration, any_of
 from workbench.early_warning.fit import (
     ALERT_WINDOW,
     Fleet,
@@ -115,8 +115,24 @@ def calibrate(bundle: Bundle, *, progress: bool = False, scale: float = 1.0) -> 
     """Fit ``bundle``'s incident calibration on the :data:`VALIDATION` fleets and return it."""
     fleets = [run_fleet(bundle, spec, rules=BASELINE_RULES, progress=progress, scale=scale) for spec in VALIDATION]
     calibration = fit_incidents(fleets)
-    record = {**calibration.record, "fleet_specs": [vars(s) for s in VALIDATION], "scale": scale}
+    healthy = [f for f, spec in zip(fleets, VALIDATION, strict=True) if spec.scenario == "healthy"]
+    record = {
+        **calibration.record,
+        "fleet_specs": [vars(s) for s in VALIDATION],
+        "scale": scale,
+        HEALTHY_RATE: {window: server_rate(healthy, steps) for window, steps in WINDOW_STEPS.items()},
+    }
     return replace(calibration, record=record)
+
+
+def server_rate(fleets: Sequence[Fleet], window_steps: int) -> float:
+    """Return the share of (server, origin) pairs of ``fleets`` with an incident within the window."""
+    hits, total = 0, 0
+    for fleet in fleets:
+        seen = ~np.isnan(fleet.warnings.features).all(axis=(2, 3))
+        labels = fleet.warnings.labels(fleet.incidents, window_steps).max(axis=2)
+        hits, total = hits + int(labels[seen].sum()), total + int(seen.sum())
+    return hits / total if total else float("nan")
 
 
 @dataclass
@@ -292,3 +308,32 @@ def lead_by_type(fleet: Fleet) -> pl.DataFrame:
         .with_columns((pl.col("hits") / pl.col("incidents")).alias("recall"))
         .sort("rule", "incident_type")
     )
+
+
+def compare(results: Mapping[str, BenchmarkResult]) -> pl.DataFrame:
+    """Return one row per labelled result: the calibrated rule's headline figures side by side.
+
+    Args:
+        results: Benchmark results by label (e.g. ``incident-weighted`` and ``uniform`` training).
+    """
+    rows = []
+    for label, result in results.items():
+        calibrated = result.rules.filter(pl.col("rule") == "calibrated")
+        crit = calibrated.filter(pl.col("fleet") == "test-critical").to_dicts()[0]
+        healthy = calibrated.filter(pl.col("fleet") == "test-healthy")["false_alarms_per_server_day"].to_list()
+        skill = {
+            f"brier_skill_{r['window']}": r["brier_skill"]
+            for r in result.probability.filter(pl.col("fleet") == "test-critical").to_dicts()
+        }
+        keys = ("recall", "precision", "f1", "median_lead_minutes")
+        rows.append(
+            {
+                "model": label,
+                "threshold": result.threshold,
+                **{k: crit[k] for k in keys},
+                "healthy_false_alarms_per_server_day": healthy[0] if healthy else None,
+                "auprc": result.auprc,
+                **skill,
+            }
+        )
+    return pl.DataFrame(rows)

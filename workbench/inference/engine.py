@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 from workbench import contract as c
-from workbench.inference.forecast import RECENT_STEPS, Forecast, postprocess
+from workbench.inference.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
 from workbench.inference.inputs import build_inputs
 from workbench.inference.speedups import optimise
 from workbench.inference.window import IngestReport, Windows, WindowStore
@@ -146,6 +146,7 @@ class Engine:
             min_history=need,
             recent=_recent(windows),
             levels=tuple(self.bundle.config.quantiles),
+            baseline=history_baseline(windows.values, windows.lengths),
         )
 
     def predict(self, windows: Windows) -> np.ndarray:

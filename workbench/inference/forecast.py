@@ -7,6 +7,7 @@ numbers at all, never a made-up forecast.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,28 @@ SOURCE_TFT = "tft"
 SOURCE_WARMING_UP = "warming_up"
 SOURCE_MISSING = "missing_metrics"
 RECENT_STEPS = 3600 // c.STEP_SECONDS  # the last hour a forecast carries: what predict_linear(v[1h]) reads
+MAD_TO_SD = 1.4826  # median absolute deviation to the standard deviation of a normal sample
+
+
+def history_baseline(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Return ``(servers, metrics, 2)`` median and robust spread of the history before the last hour.
+
+    Args:
+        values: ``(servers, steps, metrics)`` left-aligned histories (rows past ``lengths`` ignored).
+        lengths: Steps of history of each server.
+    """
+    n, t, m = values.shape
+    usable = np.arange(t)[None, :] < (np.asarray(lengths) - RECENT_STEPS)[:, None]
+    past = np.where(usable[..., None], values, np.nan)
+    out = np.full((n, m, 2), np.nan)
+    some = usable.any(axis=1)
+    if some.any():
+        with warnings.catch_warnings():  # a metric never seen in a window has no median: NaN, said so
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(past[some], axis=1)
+            spread = MAD_TO_SD * np.nanmedian(np.abs(past[some] - median[:, None, :]), axis=1)
+        out[some] = np.stack([median, spread], axis=-1)
+    return out
 
 
 @dataclass
@@ -42,6 +65,9 @@ class Forecast:
         source: Where the numbers come from.
         recent: ``(servers, 12, targets)`` the last hour of observed values, oldest first (NaN
             before a server's first step); the ``predict_linear`` alert rule reads it.
+        baseline: ``(servers, targets, 2)`` the median and robust spread (1.4826 × MAD) of each
+            server's values before that last hour: its usual level, against which the early-warning
+            features measure how unusual the last hour is (NaN without such history).
         levels: The probabilities of the three quantiles (the model's; p10, p50, p90 by default).
     """
 
@@ -57,6 +83,7 @@ class Forecast:
     source: str = SOURCE_TFT
     recent: np.ndarray | None = None
     levels: tuple[float, ...] = c.QUANTILE_LEVELS
+    baseline: np.ndarray | None = None
 
     @property
     def horizon(self) -> int:
