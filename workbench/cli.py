@@ -14,6 +14,7 @@ import click
 import yaml
 
 from workbench import contract as c
+from workbench.adapters.cli import import_command
 from workbench.dashboard.launch import dashboard_command
 from workbench.demo import demo_command
 from workbench.early_warning.cli import calibrate_incidents
@@ -285,6 +286,7 @@ main.add_command(dashboard_command)
 main.add_command(demo_command)
 main.add_command(report_command)
 main.add_command(calibrate_incidents)
+main.add_command(import_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
