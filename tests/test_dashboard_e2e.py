@@ -4,7 +4,8 @@ Starts the inference daemon (committed demo bundle), the generator stream (0.3 s
 history so forecasts come at once) and ``workbench dashboard`` (Voilà) on free loopback ports,
 through the demo's own supervisor, opens the page with Playwright driving Debian's
 ``/usr/bin/chromium`` (``make browser`` installs it; Playwright never downloads a browser), waits
-for the fan chart, clicks "critical" and checks that the incident probability rises on the page
+for the fan chart, checks that the healthy fleet is quiet when the ground truth has no incident
+running, clicks "critical" and checks that the incident probability rises on the page
 and at the daemon. A screenshot is saved under ``tests/artifacts/`` whatever the outcome.
 """
 
@@ -36,6 +37,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PAGE_TIMEOUT_MS = 240_000  # Voilà starts a kernel and runs the notebook: slow on 2 busy cores
+QUIET_SAMPLES, QUIET_WAIT_SECONDS = 5, 120
 RISE_SECONDS = 180  # 600 simulated steps (50 hours) at 0.3 s per step
 P8H = re.compile(r"Incident probability \(8 h\):\s*([0-9.]+)\s*%")
 # True once the fan chart holds data: a plotly element whose traces have points, not only axes.
@@ -134,6 +136,7 @@ def test_the_dashboard_shows_forecasts_and_risk_rises_after_critical(live: DemoS
                 timeout=60_000,
             )
             assert page_p8h(page) is not None, page.inner_text(".wb-env-p8h")
+            quiet_fleet_is_quiet(live)
             page_before = peak(lambda: page_p8h(page) or 0.0, samples=3, pause=1.0)
             before = Risk(live)
             for _ in range(3):
@@ -151,6 +154,31 @@ def test_the_dashboard_shows_forecasts_and_risk_rises_after_critical(live: DemoS
         finally:
             page.screenshot(path=str(ARTIFACTS / "dashboard_e2e.png"), full_page=True)
             browser.close()
+
+
+def quiet_fleet_is_quiet(live: DemoSettings) -> None:
+    """In the healthy scenario, at moments when the ground truth has no incident running anywhere,
+    the fleet's 30-min incident probability stays below 0.1 and no server has a critical alert.
+
+    Waits (up to QUIET_WAIT_SECONDS) for such moments: the healthy scenario has real incidents too.
+    """
+    daemon, generator = live.url(live.daemon_port), live.url(live.generator_port)
+    quiet: list[tuple[float, list[dict]]] = []
+    deadline = time.monotonic() + QUIET_WAIT_SECONDS
+    while len(quiet) < QUIET_SAMPLES and time.monotonic() < deadline:
+        truth = httpx.get(f"{generator}/scenario/status", timeout=10).json()
+        doc = httpx.get(f"{daemon}/predictions/current", timeout=10).json()
+        alerts = httpx.get(f"{daemon}/alerts/active", timeout=10).json()["alerts"]
+        after = httpx.get(f"{generator}/scenario/status", timeout=10).json()
+        assert truth["scenario"] == "healthy", truth
+        if not truth["incidents_in_progress"] and not after["incidents_in_progress"]:
+            quiet.append((float(doc["environment"]["incident_probability_30m"]), alerts))
+        time.sleep(0.5)
+    assert len(quiet) == QUIET_SAMPLES, f"no quiet moment in the healthy fleet within {QUIET_WAIT_SECONDS} s"
+    p30m = sorted(p for p, _ in quiet)[len(quiet) // 2]
+    assert p30m < 0.1, [p for p, _ in quiet]
+    critical = [a for _, alerts in quiet for a in alerts if a["severity"] == "critical"]
+    assert not critical, critical
 
 
 def wait_for_chart_data(page, errors: list[str]) -> None:

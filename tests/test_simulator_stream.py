@@ -100,3 +100,19 @@ def test_paced_keeps_one_step_per_tick_on_an_injected_clock() -> None:
     for _ in stream.paced(steps=3):
         now[0] += 7.0  # a consumer slower than the tick: no sleeping at all
     assert slept == [] and stream.steps == 7
+
+
+def test_incidents_in_progress_match_the_states_streamed() -> None:
+    stream = FleetStream(fleet=make_fleet(6, seed=3), scenario="critical", start=START, config=BUSY)
+    assert stream.incidents_in_progress() == []
+    seen = {"precursor": 0, "critical": 0}
+    for _ in range(300):
+        frame = next(stream)
+        running = {r["server"]: r for r in stream.incidents_in_progress()}
+        states = dict(zip(frame[contract.SERVER], frame[contract.STATE], strict=True))
+        for server, state in states.items():
+            # the critical_issue state is the simulator's label of an incident's critical phase
+            assert (state == "critical_issue") == (running.get(server, {}).get("phase") == "critical"), server
+        for row in running.values():
+            seen[row["phase"]] += 1
+    assert seen["precursor"] > 20 and seen["critical"] > 20, seen

@@ -168,6 +168,7 @@ class Generator:
         """Return the ``GET /scenario/status`` document."""
         with self.lock:
             doc = self.stream.scenario_status()
+            running = self.stream.incidents_in_progress()
         return {
             **doc,
             "multiplier": doc["rate_multiplier"],
@@ -183,6 +184,7 @@ class Generator:
             "tick_seconds": self.settings.tick,
             "servers": self.settings.servers,
             "streaming": self.streaming,
+            "incidents_in_progress": running,
         }
 
 

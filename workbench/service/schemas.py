@@ -249,3 +249,8 @@ class ScenarioStatusResponse(BaseModel):
     affected_servers: list[str]
     uptime_seconds: float
     steps_sent: int
+    incidents_in_progress: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="Ground truth: incidents running at the last step sent (server, incident_type, "
+        "phase precursor|critical)",
+    )

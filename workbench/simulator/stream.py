@@ -132,6 +132,25 @@ class FleetStream:
             batches.append(self._carry.active)
         return ground_truth(IncidentBatch.concat(batches), self.fleet.names, self.fleet.profiles, self._span_end())
 
+    def incidents_in_progress(self) -> list[dict[str, str]]:
+        """Return the incidents running at the last yielded step: server, type and phase.
+
+        ``phase`` is ``precursor`` before the onset and ``critical`` from it to the end: the
+        ground truth a live demo can be checked against (what should be foreseen, what is on).
+        """
+        if self._step == 0:
+            return []
+        now = datetime.fromtimestamp((self._span_end() - 1) * contract.STEP_SECONDS, UTC)
+        running = self.incidents().filter((pl.col("precursor_start") <= now) & (pl.col("end") > now))
+        return [
+            {
+                "server": row[contract.SERVER],
+                "incident_type": row["incident_type"],
+                "phase": "critical" if row["onset"] is not None and row["onset"] <= now else "precursor",
+            }
+            for row in running.sort(contract.SERVER).iter_rows(named=True)
+        ]
+
     def paced(self, steps: int | None = None) -> Iterator[pl.DataFrame]:
         """Yield steps on the accelerated clock: one every ``tick_seconds``.
 
