@@ -93,6 +93,15 @@ def test_calibrated_rule_fires_on_probability_and_speaks_of_the_critical_level()
     assert updates[0].raised and updates[1].active and updates[2].cleared[0].reason == "recovered"
 
 
+def test_every_rule_scans_a_forecast_of_no_server() -> None:
+    # every server warming up: a forecast with no rows, which the daemon scans like any other
+    empty = Forecast([], [], TARGETS, np.zeros(0, np.int64), np.zeros((0, 2, H, 3)), np.zeros((0, 2)),
+                     warming_up={"s1": 3}, recent=np.zeros((0, RECENT_STEPS, 2)))  # fmt: skip
+    for rule in (CalibratedRule(calibration()), BandEdgeRule(), PredictLinearRule(), StaticRule()):
+        assert predictive_alerts(empty, Thresholds(), rule) == [], rule.name
+        assert run(rule, [empty, empty])[-1].active == []
+
+
 def test_rules_are_named_and_checked() -> None:
     assert resolve_rule("auto", None) == "band_edge"
     assert resolve_rule("auto", calibration()) == "calibrated"

@@ -221,8 +221,8 @@ class IncidentCalibration:
         per_metric = [w.metric_probability(features, metrics) for w in windows]
         per_server = [w.server_probability(p) for w, p in zip(windows, per_metric, strict=True)]
         n, m = features.shape[:2]
-        metric = np.maximum.accumulate(np.stack(per_metric, axis=-1).reshape(n, m, -1), axis=-1)
-        server = np.maximum.accumulate(np.stack(per_server, axis=-1).reshape(n, -1), axis=-1)
+        metric = np.maximum.accumulate(np.stack(per_metric, axis=-1).reshape(n, m, len(windows)), axis=-1)
+        server = np.maximum.accumulate(np.stack(per_server, axis=-1).reshape(n, len(windows)), axis=-1)
         return metric, server
 
     def healthy_fleet_probability(self, servers: int) -> dict[str, float] | None:
