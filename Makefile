@@ -10,7 +10,7 @@ REF_UNIFORM ?= models/reference-uniform
 REF_MODEL ?= models/reference
 REF_CRITICAL ?= data/reference-critical
 
-.PHONY: help install browser lint format test test-fast demo demo-forecast demo-model model model-uniform calibrate report warning-benchmark size-study clean
+.PHONY: help install browser prometheus lint format test test-fast demo demo-forecast demo-model model model-uniform calibrate report warning-benchmark size-study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ browser:  ## install Debian's chromium for the dashboard's browser test (when mi
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium)
 
+# The Prometheus tests check /metrics and examples/prometheus/ with Debian's promtool and amtool and
+# push to a real Alertmanager.
+prometheus:  ## install Debian's promtool, amtool and Alertmanager for the Prometheus tests (when missing)
+	command -v promtool >/dev/null && command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+		($(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y \
+		--no-install-recommends prometheus prometheus-alertmanager)
+
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -40,7 +47,7 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint browser  ## lint, then the whole test suite (slow end-to-end tests included)
+test: lint browser prometheus  ## lint, then the whole test suite (slow end-to-end tests included)
 	$(VENV)/bin/pytest
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests

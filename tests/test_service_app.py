@@ -133,7 +133,7 @@ def test_forecasts_run_in_a_worker_process_that_is_restarted_after_a_crash(make,
         worker = client.get("/status").json()["forecast_worker"]
         assert worker["mode"] == "process" and worker["pid"] not in (None, os.getpid()) and worker["restarts"] == 0
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
-        assert len(families["workbench_forecast"].samples) == SERVERS * 8 * 4 * 3
+        assert len(families["workbench_forecast_cpu_ratio"].samples) == SERVERS * 4 * 3
         os.kill(worker["pid"], signal.SIGKILL)
         feed(client, steps(1, start=need))
         wait_for(lambda: forecast_from(client, need), timeout=180)
@@ -163,11 +163,12 @@ def test_metrics_parse_as_prometheus_text(make, bundle):
         response = client.get("/metrics")
         assert response.headers["content-type"].startswith("text/plain")
         families = {f.name: f for f in text_string_to_metric_families(response.text)}
-        forecast = families["workbench_forecast"].samples
-        assert len(forecast) == SERVERS * 8 * 4 * 3
+        forecast = families["workbench_forecast_latency_seconds"].samples
+        assert len(forecast) == SERVERS * 4 * 3
         assert {s.labels["horizon"] for s in forecast} == {"30m", "1h", "4h", "8h"}
-        assert {s.labels["quantile"] for s in forecast} == {"p10", "p50", "p90"}
-        assert set(forecast[0].labels) == {"server", "metric", "quantile", "horizon"}
+        assert {s.labels["band"] for s in forecast} == {"p10", "p50", "p90"}
+        assert set(forecast[0].labels) == {"instance", "band", "horizon"}
+        assert len(families["workbench_observed_latency_seconds"].samples) == SERVERS
         for name in ("workbench_alert", "workbench_incident_probability", "workbench_warmup_ready_servers"):
             assert name in families
         assert families["workbench_warmup_ready_servers"].samples[0].value == SERVERS

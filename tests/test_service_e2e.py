@@ -103,7 +103,7 @@ def test_stream_into_serve_until_tft_forecasts(tmp_path, tiny_bundle_dir):
             assert status["scenario"] == "degrading" and status["steps_sent"] >= 12
             assert httpx.post(base + "/feed/data", json={"records": []}).status_code == 401
             families = {f.name for f in text_string_to_metric_families(httpx.get(base + "/metrics").text)}
-            assert {"workbench_forecast", "workbench_alert", "workbench_incident_probability"} <= families
+            assert {"workbench_forecast_cpu_ratio", "workbench_alert", "workbench_incident_probability"} <= families
             daemon_status = httpx.get(base + "/status").json()
             assert daemon_status["warmup"]["is_warmed_up"] and daemon_status["fleet"]["total_servers"] == 5
         finally:

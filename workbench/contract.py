@@ -49,6 +49,10 @@ class Metric:
         aggregation: How samples within one step are combined (``mean`` or ``max``).
         high_is_bad: Whether a high value is the dangerous direction (alerts use the p90).
         description: One line for humans.
+        prometheus_name: Name in Prometheus' base units (``cpu_ratio``, ``latency_seconds``,
+            ``disk_io_bytes_per_second``); the daemon's ``/metrics`` prefixes it.
+        to_base: Factor from :attr:`unit` to the base unit of :attr:`prometheus_name`
+            (1 MB = 1024² bytes, as :mod:`workbench.adapters.units` reads sizes).
     """
 
     name: str
@@ -58,6 +62,8 @@ class Metric:
     aggregation: Literal["mean", "max"]
     high_is_bad: bool
     description: str
+    prometheus_name: str
+    to_base: float
 
     def allowed(self) -> str:
         """Return the valid range as text, e.g. ``[0, 100]`` or ``>= 0``."""
@@ -72,16 +78,26 @@ class Metric:
         return self.high is None or value <= self.high
 
 
+_PERCENT, _MIB, _MILLI = 0.01, 1024.0 * 1024.0, 0.001  # to ratio, bytes and seconds
 METRICS: tuple[Metric, ...] = (
-    Metric("cpu_pct", "%", 0, 100, "mean", True, "CPU utilisation"),
-    Metric("mem_pct", "%", 0, 100, "mean", True, "memory used"),
-    Metric("disk_pct", "%", 0, 100, "mean", True, "filesystem used"),
-    Metric("disk_io_mb_s", "MB/s", 0, None, "mean", True, "disk read + write throughput"),
-    Metric("net_in_mb_s", "MB/s", 0, None, "mean", True, "network received"),
-    Metric("net_out_mb_s", "MB/s", 0, None, "mean", True, "network transmitted"),
-    Metric("latency_ms", "ms", 0, None, "max", True, "request latency"),
-    Metric("error_rate", "fraction", 0, 1, "max", True, "failed requests / requests"),
-)
+    Metric("cpu_pct", "%", 0, 100, "mean", True, "CPU utilisation", "cpu_ratio", _PERCENT),
+    Metric("mem_pct", "%", 0, 100, "mean", True, "memory used", "memory_ratio", _PERCENT),
+    Metric("disk_pct", "%", 0, 100, "mean", True, "filesystem used", "disk_ratio", _PERCENT),
+    Metric(
+        "disk_io_mb_s", "MB/s", 0, None, "mean", True, "disk read + write throughput",
+        "disk_io_bytes_per_second", _MIB,
+    ),
+    Metric(
+        "net_in_mb_s", "MB/s", 0, None, "mean", True, "network received",
+        "network_receive_bytes_per_second", _MIB,
+    ),
+    Metric(
+        "net_out_mb_s", "MB/s", 0, None, "mean", True, "network transmitted",
+        "network_transmit_bytes_per_second", _MIB,
+    ),
+    Metric("latency_ms", "ms", 0, None, "max", True, "request latency", "latency_seconds", _MILLI),
+    Metric("error_rate", "fraction", 0, 1, "max", True, "failed requests / requests", "error_ratio", 1.0),
+)  # fmt: skip
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 

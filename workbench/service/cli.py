@@ -52,6 +52,15 @@ _LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
     show_default=True,
     help="auto: the calibrated incident probability when the bundle has one, else the band edge.",
 )
+@click.option(
+    "--alertmanager",
+    "alertmanagers",
+    metavar="URL",
+    multiple=True,
+    envvar="WORKBENCH_ALERTMANAGER",
+    show_envvar=True,
+    help="Alertmanager base URL (repeatable) that receives the active alerts after each forecast.",
+)
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 def serve(
     bundle: Path,
@@ -70,6 +79,7 @@ def serve(
     forecast_worker: str,
     threads: int | None,
     alert_rule: str,
+    alertmanagers: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the inference daemon: POST /feed/data in, forecasts, alerts and risk out.
@@ -100,6 +110,7 @@ def serve(
         forecast_worker=forecast_worker,
         log_level=log_level,
         alert_rule=alert_rule,
+        alertmanager=tuple(alertmanagers),
     )
     if settings.forecast_worker == "thread":
         configure_threads(settings.threads)

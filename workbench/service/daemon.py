@@ -25,8 +25,9 @@ from workbench.alert_rules import resolve_rule
 from workbench.inference.engine import Engine
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
+from workbench.service.alertmanager import AlertmanagerPusher
 from workbench.service.common import Hub
-from workbench.service.documents import Documents, Forecaster
+from workbench.service.documents import Documents, Forecaster, Published
 from workbench.service.ingest import Ingestor
 from workbench.service.predictor import Backend, Predictor
 from workbench.service.prom import make_registry
@@ -103,7 +104,8 @@ class InferenceDaemon:
             poll_seconds=settings.poll_seconds,
         )
         self.hub = Hub()
-        self.registry = make_registry(self.predictor, self.ingestor)
+        self.alertmanager = self._alertmanager()
+        self.registry = make_registry(self.predictor, self.ingestor, self.alertmanager)
         self.snapshots = 0
         self._tasks: list[asyncio.Task[None]] = []
         if self.recovered.replayed_batches or self.recovered.snapshot_segment is not None:
@@ -116,6 +118,20 @@ class InferenceDaemon:
 
     def _empty_store(self) -> WindowStore:
         return self.engine.store
+
+    def _alertmanager(self) -> AlertmanagerPusher | None:
+        s = self.settings
+        if not s.alertmanager:
+            return None
+        period = s.interval if s.interval is not None else float(c.STEP_SECONDS)
+        link = f"http://{s.host}:{s.port}/alerts/active"
+        return AlertmanagerPusher(s.alertmanager, period_seconds=period, generator_url=link)
+
+    def _published(self, result: Published) -> None:
+        """Push a new result to the WebSocket clients and its alerts to Alertmanager (neither waits)."""
+        self.hub.publish(result)
+        if self.alertmanager is not None:
+            self.alertmanager.submit(result.summary["alerts"])
 
     def _worker_config(self, thresholds: Thresholds) -> WorkerConfig:
         s = self.settings
@@ -162,7 +178,9 @@ class InferenceDaemon:
         """Run the predictor and the snapshot schedule while the app serves; snapshot on the way out."""
         if self.worker is not None:
             self.worker.start()  # loads the model while the first data arrives
-        self._tasks = [asyncio.create_task(self.predictor.run(self.hub.publish), name="predictor")]
+        if self.alertmanager is not None:
+            self.alertmanager.start()
+        self._tasks = [asyncio.create_task(self.predictor.run(self._published), name="predictor")]
         if self.state_dir is not None:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
         try:
@@ -198,6 +216,8 @@ class InferenceDaemon:
         """Stop the forecast worker, take a final snapshot, close the log and release the state folder (idempotent)."""
         if self.worker is not None:
             self.worker.close()
+        if self.alertmanager is not None:
+            self.alertmanager.close()
         if self.state_dir is None:
             return
         try:

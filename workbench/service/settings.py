@@ -45,6 +45,11 @@ def _common(host: str, port: int, log_level: str) -> list[str]:
     return problems
 
 
+def _is_http_url(value: str) -> bool:
+    url = urlparse(value)
+    return url.scheme in ("http", "https") and bool(url.netloc)
+
+
 def _raise(what: str, problems: list[str]) -> None:
     if problems:
         raise ConfigError(f"{what} settings: " + "; ".join(problems))
@@ -101,6 +106,8 @@ class InferenceSettings:
         log_level: Uvicorn and workbench log level.
         alert_rule: ``auto`` (the calibrated rule when the bundle has an incident calibration,
             else the band edge) or one of :data:`workbench.alert_rules.RULE_NAMES`.
+        alertmanager: Alertmanager base URLs that receive the active alerts after each forecast
+            (empty: none; see :mod:`workbench.service.alertmanager`).
     """
 
     bundle: Path
@@ -125,9 +132,11 @@ class InferenceSettings:
     forecast_worker: str = "process"
     log_level: str = "info"
     alert_rule: str = "auto"
+    alertmanager: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _common(self.host, self.port, self.log_level)
+        problems += [f"alertmanager={u!r} must be an http(s) URL" for u in self.alertmanager if not _is_http_url(u)]
         if self.alert_rule not in ALERT_RULES:
             problems.append(f"alert_rule={self.alert_rule!r}; allowed: {', '.join(ALERT_RULES)}")
         if self.threads is not None:
