@@ -34,9 +34,9 @@ browser:  ## install Debian's chromium for the dashboard's browser test (when mi
 # The Prometheus tests check /metrics and examples/prometheus/ with Debian's promtool and amtool and
 # push to a real Alertmanager.
 prometheus:  ## install Debian's promtool, amtool and Alertmanager for the Prometheus tests (when missing)
-	command -v promtool >/dev/null && command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+	command -v promtool >/dev/null && command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null && command -v prometheus-node-exporter >/dev/null || \
 		($(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y \
-		--no-install-recommends prometheus prometheus-alertmanager)
+		--no-install-recommends prometheus prometheus-alertmanager prometheus-node-exporter)
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
@@ -100,9 +100,9 @@ report: $(STAMP) $(REF_DATA)/metrics $(REF_CRITICAL)/metrics $(REF_MODEL)/model.
 	$(VENV)/bin/workbench report 04_warmup_study -p bundle $(REF_MODEL) -p data $(REF_DATA)
 	$(MAKE) warning-benchmark
 
-warning-benchmark: $(STAMP) $(REF_MODEL)/model.safetensors  ## the early-warning benchmark: unseen seeded critical and healthy fleets, every rule
-	test -f $(REF_UNIFORM)/model.safetensors || $(MAKE) model-uniform
-	$(VENV)/bin/workbench report 06_early_warning -p bundle $(REF_MODEL) -p compare_bundle $(REF_UNIFORM) -p progress False
+warning-benchmark: $(STAMP) $(REF_MODEL)/model.safetensors  ## the early-warning benchmark: unseen seeded critical and healthy fleets, every rule (vs models/reference-uniform when built)
+	$(VENV)/bin/workbench report 06_early_warning -p bundle $(REF_MODEL) -p progress False \
+		$(if $(wildcard $(REF_UNIFORM)/model.safetensors),-p compare_bundle $(REF_UNIFORM))
 
 size-study: $(STAMP) $(REF_DATA)/metrics  ## train (8 min each) and score six network sizes into reports/ (about an hour on 2 cores)
 	$(VENV)/bin/workbench report 05_model_size -p data $(REF_DATA) -p max_minutes 8 -p progress False
