@@ -10,6 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMTOOL = "/usr/bin/promtool"
 AMTOOL = "/usr/bin/amtool"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+PROMETHEUS = "/usr/bin/prometheus"
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+PACKAGES = "prometheus prometheus-alertmanager prometheus-node-exporter"
 
 
 def tool(path: str) -> str:
@@ -17,7 +20,7 @@ def tool(path: str) -> str:
     if shutil.which(path) is None:
         subprocess.run(["make", "prometheus"], cwd=ROOT, check=False, timeout=900)
     if shutil.which(path) is None:
-        pytest.fail(f"{path} is missing after `make prometheus` (apt-get install prometheus prometheus-alertmanager)")
+        pytest.fail(f"{path} is missing after `make prometheus` (apt-get install {PACKAGES})")
     return path
 
 

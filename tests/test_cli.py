@@ -103,3 +103,67 @@ def test_train_writes_a_bundle(runner, tiny_fleet_dir, tmp_path):
     result = runner.invoke(main, [*args, "--no-progress", "--set", "max_epochs=1"])
     assert result.exit_code == 0, result.output
     assert "saved bundle" in result.output and (out / "model.safetensors").is_file()
+
+
+def _mixed_fleet(tiny_fleet, tmp_path):
+    """ppdb001 without latency and errors, ppetl001 without disk I/O, ppweb002 renamed web-7, ppml0001 short."""
+    import polars as pl
+
+    blank = {"ppdb001": ("latency_ms", "error_rate"), "ppetl001": ("disk_io_mb_s",)}
+    frame = tiny_fleet.with_columns(
+        *(
+            pl.when(pl.col("server_name") == server).then(None).otherwise(pl.col(m)).alias(m)
+            for server, metrics in blank.items()
+            for m in metrics
+        ),
+        pl.col("server_name").replace({"ppweb002": "web-7"}),
+    ).drop("profile")
+    short = frame.filter(pl.col("server_name") == "ppml0001").tail(5)
+    frame = pl.concat([frame.filter(pl.col("server_name") != "ppml0001"), short])
+    path = tmp_path / "mixed.parquet"
+    frame.write_parquet(path)
+    return path, frame
+
+
+def test_forecast_names_the_servers_it_could_not_forecast_and_why(runner, tiny_bundle_dir, tiny_fleet, tmp_path):
+    path, _ = _mixed_fleet(tiny_fleet, tmp_path)
+    result = runner.invoke(main, ["forecast", "--bundle", str(tiny_bundle_dir), "--data", str(path)])
+    assert result.exit_code == 0, result.output
+    notes = result.stderr.splitlines()
+    everything_but = "workbench train --targets cpu_pct,mem_pct,disk_pct,disk_io_mb_s,net_in_mb_s,net_out_mb_s"
+    assert notes[0] == (
+        "not forecast, no value of latency_ms, error_rate (needed by the model) in their history: "
+        f"1 server (ppdb001); train a model on the metrics they have: {everything_but}"
+    )
+    assert notes[1].startswith("not forecast, no value of disk_io_mb_s (needed by the model) in their history: ")
+    assert "1 server (ppetl001)" in notes[1] and "--targets cpu_pct,mem_pct,disk_pct,net_in_mb_s," in notes[1]
+    assert notes[2] == "not forecast yet, warming up (the model needs 12 steps): 1 server (ppml0001 has 5)"
+    assert notes[3].startswith("note: profile generic inferred, no name prefix (ppml, ppdb,")
+    assert notes[3].endswith("matched: 1 server (web-7); a profile column in the data sets another")
+    assert result.output.index("not forecast") < result.output.index("p50_30m")  # notes before the table
+    rows = [[cell.strip() for cell in line.strip("│ ").split("┆")] for line in result.stdout.splitlines()]
+    sources = {row[0]: row[-1] for row in rows if len(row) > 2 and row[-1] in ("tft", "warming_up")}
+    assert sources == {s: "tft" for s in ("ppcon01", "ppgen001", "pprisk001", "ppweb001", "web-7")} | {
+        "ppml0001": "warming_up"
+    }
+
+
+def test_forecast_fails_when_no_server_can_be_forecast(runner, tiny_bundle_dir, tiny_fleet, tmp_path):
+    path, frame = _mixed_fleet(tiny_fleet, tmp_path)
+    frame.drop("latency_ms").write_parquet(path)
+    for fmt in ("table", "json"):
+        result = runner.invoke(
+            main, ["forecast", "--bundle", str(tiny_bundle_dir), "--data", str(path), "--format", fmt]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert lines[-1] == "Error: no server could be forecast (7 without metrics the model needs, 1 warming up)"
+        assert lines[0].startswith(
+            "not forecast, no value of latency_ms (needed by the model) in their history: "
+            "5 servers (ppcon01, ppgen001, pprisk001, ppweb001, web-7); train a model on the metrics they have: "
+        )
+        assert (
+            "no value of latency_ms, error_rate (needed by the model) in their history: 1 server (ppdb001)" in lines[1]
+        )
+        assert "not forecast yet, warming up (the model needs 12 steps): 1 server (ppml0001 has 5)" in lines

@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -22,7 +22,13 @@ from workbench.errors import WorkbenchError
 from workbench.reporting.cli import report as report_command
 from workbench.service.cli import serve as serve_command
 from workbench.service.cli import stream as stream_command
+from workbench.service.forward_cli import forward as forward_command
 from workbench.simulator.scenarios import SCENARIO_NAMES
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from workbench.inference.forecast import Forecast
 
 _PATH = click.Path(path_type=Path)
 
@@ -225,7 +231,9 @@ def forecast(
     """Forecast the next 8 hours of every server in DATA with the model in BUNDLE.
 
     Each forecast starts one step after the server's last observation. Servers with less
-    history than the model needs are listed as warming up, without numbers.
+    history than the model needs (warming up) and servers without any value of a metric the
+    model forecasts are named on stderr, without numbers; when no server at all can be
+    forecast the command fails with exit status 2.
     """
     import polars as pl
 
@@ -249,6 +257,13 @@ def forecast(
         result = engine.forecast()
     if fmt == "parquet" and out is None:
         raise click.BadParameter("parquet output needs --out FILE", param_hint="--format")
+    for line in _forecast_notes(result, frame):
+        click.echo(line, err=True)
+    if not result.servers:
+        raise _NothingForecast(
+            f"no server could be forecast ({len(result.missing)} without metrics the model needs, "
+            f"{len(result.warming_up)} warming up)"
+        )
     if fmt == "json":
         _emit(json.dumps({"predictions": result.to_json()}, indent=1), out)
     elif fmt == "csv":
@@ -261,8 +276,53 @@ def forecast(
         table = result.summary()
         with pl.Config(tbl_rows=head or table.height, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
             _emit(str(table.head(head) if head else table), out)
-        if result.warming_up:
-            click.echo(f"warming up (need {result.min_history} steps): {result.warming_up}", err=True)
+
+
+class _NothingForecast(click.ClickException):
+    exit_code = 2
+
+
+def _forecast_notes(result: Forecast, frame: pl.DataFrame) -> list[str]:
+    """Return one line per group of servers that were not forecast, and why; and the generic-profile note."""
+    lines = []
+    by_missing: dict[tuple[str, ...], list[str]] = {}
+    for server, lacking in result.missing.items():
+        by_missing.setdefault(tuple(lacking), []).append(server)
+    for absent, names in by_missing.items():
+        has = ",".join(t for t in result.targets if t not in absent)
+        fix = f"workbench train --targets {has}" if has else "workbench train --targets on the metrics they have"
+        lines.append(
+            f"not forecast, no value of {', '.join(absent)} (needed by the model) in their history: {_names(names)}; "
+            f"train a model on the metrics they have: {fix}"
+        )
+    if result.warming_up:
+        have = [f"{s} has {n}" for s, n in sorted(result.warming_up.items(), key=lambda kv: (-kv[1], kv[0]))]
+        lines.append(f"not forecast yet, warming up (the model needs {result.min_history} steps): {_names(have)}")
+    generic = _generic_by_default(frame)
+    if generic:
+        prefixes = ", ".join(c.PROFILE_PREFIXES)
+        lines.append(
+            f"note: profile {c.DEFAULT_PROFILE} inferred, no name prefix ({prefixes}) matched: {_names(generic)}; "
+            "a profile column in the data sets another"
+        )
+    return lines
+
+
+def _generic_by_default(frame: pl.DataFrame) -> list[str]:
+    """Return the servers on the generic profile whose names match no profile prefix."""
+    import polars as pl
+
+    lowered = pl.col(c.SERVER).str.to_lowercase()
+    matched = pl.any_horizontal(*(lowered.str.starts_with(p) for p in c.PROFILE_PREFIXES))
+    generic = frame.filter((pl.col(c.PROFILE) == c.DEFAULT_PROFILE) & ~matched)
+    return sorted(generic[c.SERVER].unique().to_list())
+
+
+def _names(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    count = f"{len(items)} server{'s' if len(items) != 1 else ''}"
+    return f"{count} ({shown}{more})"
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -287,6 +347,7 @@ main.add_command(demo_command)
 main.add_command(report_command)
 main.add_command(calibrate_incidents)
 main.add_command(import_command)
+main.add_command(forward_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
