@@ -1,5 +1,5 @@
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -116,3 +116,7 @@ def test_incidents_in_progress_match_the_states_streamed() -> None:
         for row in running.values():
             seen[row["phase"]] += 1
     assert seen["precursor"] > 20 and seen["critical"] > 20, seen
+    recent = stream.recent_incidents(hours=24)
+    truth = stream.incidents().filter(pl.col("recovered") > frame[contract.TIMESTAMP][0] - timedelta(hours=24))
+    assert [r["server"] for r in recent] == truth.sort("precursor_start")[contract.SERVER].to_list()
+    assert all(datetime.fromisoformat(r["precursor_start"]) <= datetime.fromisoformat(r["recovered"]) for r in recent)

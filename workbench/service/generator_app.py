@@ -169,6 +169,7 @@ class Generator:
         with self.lock:
             doc = self.stream.scenario_status()
             running = self.stream.incidents_in_progress()
+            recent = self.stream.recent_incidents()
         return {
             **doc,
             "multiplier": doc["rate_multiplier"],
@@ -185,6 +186,7 @@ class Generator:
             "servers": self.settings.servers,
             "streaming": self.streaming,
             "incidents_in_progress": running,
+            "recent_incidents": recent,
         }
 
 

@@ -254,3 +254,8 @@ class ScenarioStatusResponse(BaseModel):
         description="Ground truth: incidents running at the last step sent (server, incident_type, "
         "phase precursor|critical)",
     )
+    recent_incidents: list[dict[str, str | None]] = Field(
+        default_factory=list,
+        description="Ground truth: incidents not recovered 24 h before the last step sent, with their "
+        "precursor_start, onset, end and recovered times (ISO 8601)",
+    )

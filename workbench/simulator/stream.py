@@ -151,6 +151,26 @@ class FleetStream:
             for row in running.sort(contract.SERVER).iter_rows(named=True)
         ]
 
+    def recent_incidents(self, hours: float = 24.0) -> list[dict[str, str | None]]:
+        """Return the incidents not yet recovered ``hours`` before the last yielded step, times as ISO text.
+
+        A client whose view lags the stream (a daemon's forecast of an earlier step) checks
+        itself against these rather than against :meth:`incidents_in_progress`.
+        """
+        if self._step == 0:
+            return []
+        since = (self._span_end() - 1) * contract.STEP_SECONDS - hours * 3600
+        table = self.incidents().filter(pl.col("recovered").dt.epoch("s") > since).sort("precursor_start")
+        times = ("precursor_start", "onset", "end", "recovered")
+        return [
+            {
+                "server": row[contract.SERVER],
+                "incident_type": row["incident_type"],
+                **{k: None if row[k] is None else row[k].isoformat() for k in times},
+            }
+            for row in table.iter_rows(named=True)
+        ]
+
     def paced(self, steps: int | None = None) -> Iterator[pl.DataFrame]:
         """Yield steps on the accelerated clock: one every ``tick_seconds``.
 
