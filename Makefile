@@ -9,8 +9,12 @@ REF_DATA ?= data/reference-mix
 REF_UNIFORM ?= models/reference-uniform
 REF_MODEL ?= models/reference
 REF_CRITICAL ?= data/reference-critical
+REAL_SOURCE ?= $(or $(WORKBENCH_REAL_DATA),../shared/data/real)/bitbrains-rnd
+REAL_DATA ?= data/bitbrains
+REAL_MODEL ?= models/real
+REAL_TARGETS := cpu_pct,mem_pct,disk_io_mb_s,net_in_mb_s,net_out_mb_s
 
-.PHONY: help install browser prometheus lint format test test-fast demo demo-forecast demo-model model model-uniform calibrate report warning-benchmark size-study clean
+.PHONY: help install browser prometheus lint format test test-fast demo demo-forecast demo-model model model-uniform calibrate report warning-benchmark size-study real-data real-model real-report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -106,6 +110,24 @@ warning-benchmark: $(STAMP) $(REF_MODEL)/model.safetensors  ## the early-warning
 
 size-study: $(STAMP) $(REF_DATA)/metrics  ## train (8 min each) and score six network sizes into reports/ (about an hour on 2 cores)
 	$(VENV)/bin/workbench report 05_model_size -p data $(REF_DATA) -p max_minutes 8 -p progress False
+
+# Real data: both Bitbrains months (250 VMs, July-August 2013, 5 metrics; a 24-hour hole between the months
+# splits each VM's history, as any gap over 30 min does). A fifth of the VMs and the last 7 days are held out.
+real-data: $(STAMP)  ## import both Bitbrains months into data/bitbrains (from ../shared/data/real, or WORKBENCH_REAL_DATA)
+	$(VENV)/bin/workbench import $(REAL_SOURCE)/2013-7 $(REAL_SOURCE)/2013-8 --format bitbrains --out $(REAL_DATA) --overwrite
+
+$(REAL_DATA)/metrics:
+	$(MAKE) real-data
+
+real-model: $(STAMP) $(REAL_DATA)/metrics  ## train models/real on Bitbrains (reference preset, 5 metrics) until early stopping (90-min bound)
+	$(VENV)/bin/workbench train --data $(REAL_DATA) --out $(REAL_MODEL) --preset reference --targets $(REAL_TARGETS) \
+		--holdout-days 7 --holdout-servers 0.2 --set max_time_minutes=90
+
+$(REAL_MODEL)/model.safetensors: | $(STAMP) $(REAL_DATA)/metrics
+	$(MAKE) real-model
+
+real-report: $(STAMP) $(REAL_DATA)/metrics $(REAL_MODEL)/model.safetensors  ## score models/real on its held-out VMs next to the baselines and MSTL into reports/ (about 40 min)
+	$(VENV)/bin/workbench report 07_real_data -p bundle $(REAL_MODEL) -p data $(REAL_DATA) -p progress False
 
 clean:  ## remove the virtual environment and generated data (keeps the committed demo model)
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -7,18 +7,24 @@ import pytest
 from workbench import contract as c
 from workbench.baselines import (
     BASELINES,
+    DEFAULT_BASELINES,
     LINEAR_WINDOW_STEPS,
+    MSTL_NAME,
     SEASON_STEPS,
+    WEEK_STEPS,
+    MstlEts,
     Panel,
     forward_fill,
     last_value,
     last_value_paths,
+    mstl_seasons,
     nan_quantiles,
     panel_from_frame,
     predict_linear,
     residual_band,
     seasonal_naive,
 )
+from workbench.evaluation.backtest import BacktestConfig
 
 H = c.HORIZON_STEPS
 LAST = 5_000_000
@@ -130,3 +136,53 @@ def test_nan_quantiles_match_numpy():
     with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
         theirs = np.nanquantile(x, [0.1, 0.5, 0.9], axis=1)
     np.testing.assert_allclose(ours, theirs)
+
+
+# --------------------------------------------------------------------------- MSTL + AutoETS
+
+
+def daily_sinusoid(days: float, servers: int = 1, seed: int = 0) -> np.ndarray:
+    """``(servers, steps + H)``: a daily sine around 50 with a little noise; the last H steps are the future."""
+    t = np.arange(int(days * SEASON_STEPS) + H)
+    rng = np.random.default_rng(seed)
+    return 50 + 20 * np.sin(2 * np.pi * t / SEASON_STEPS)[None] + rng.normal(0, 1, (servers, len(t)))
+
+
+def test_mstl_median_follows_the_daily_shape_far_better_than_last_value():
+    series = daily_sinusoid(4.3, servers=2)
+    history, future = series[:, :-H], series[:, -H:]
+    fc = MstlEts().forecast(panel(history))
+    assert fc.source == MSTL_NAME == "mstl_ets" and fc.quantiles.shape == (2, 1, H, 3)
+    assert fc.servers == ["ppweb000", "ppweb001"] and not fc.warming_up and not fc.missing
+    scale = np.abs(history[:, SEASON_STEPS:] - history[:, :-SEASON_STEPS]).mean(axis=1)
+    mase_mstl = (np.abs(future - fc.quantiles[:, 0, :, 1]).mean(axis=1) / scale).mean()
+    mase_last = (np.abs(future - last_value(panel(history)).quantiles[:, 0, :, 1]).mean(axis=1) / scale).mean()
+    assert mase_mstl < 0.2 * mase_last
+    assert (np.diff(fc.quantiles, axis=-1) >= 0).all() and (fc.quantiles[..., 2] > fc.quantiles[..., 0]).all()
+    inside = (fc.quantiles[:, 0, :, 0] <= future) & (future <= fc.quantiles[:, 0, :, 2])
+    assert 0.5 <= inside.mean() <= 1.0
+
+
+def test_mstl_servers_with_too_little_history_are_warming_up():
+    series = daily_sinusoid(2.5, servers=2)[:, :-H]
+    series[1, : len(series[1]) - 400] = np.nan  # 400 steps: fewer than two daily cycles
+    fc = MstlEts().forecast(panel(series))
+    assert fc.servers == ["ppweb000"] and fc.warming_up == {"ppweb001": 400}
+    assert fc.min_history == 2 * SEASON_STEPS
+
+
+def test_mstl_reports_a_missing_metric_as_the_rules_do():
+    series = daily_sinusoid(2.5, servers=2)[:, :-H]
+    p = panel(series, targets=("cpu_pct", "mem_pct"))
+    p.values[1, :, 1] = np.nan  # ppweb001 never reported mem_pct
+    fc = MstlEts().forecast(p)
+    assert fc.servers == ["ppweb000"] and fc.missing == {"ppweb001": ["mem_pct"]}
+    assert fc.missing == seasonal_naive(p).missing and fc.warming_up == {}
+
+
+def test_mstl_adds_the_weekly_season_from_two_weeks_and_is_a_registered_baseline():
+    assert mstl_seasons(2 * WEEK_STEPS - 1) == (SEASON_STEPS,)
+    assert mstl_seasons(2 * WEEK_STEPS) == (SEASON_STEPS, WEEK_STEPS) == (288, 2016)
+    assert isinstance(BASELINES[MSTL_NAME], MstlEts) and MSTL_NAME not in DEFAULT_BASELINES
+    assert BacktestConfig(baselines=(*DEFAULT_BASELINES, MSTL_NAME)).baselines[-1] == MSTL_NAME
+    assert BacktestConfig().baselines == DEFAULT_BASELINES

@@ -181,3 +181,66 @@ def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path
     assert len(metrics["targets"]) == 14 and all(isinstance(t["met"], bool) for t in metrics["targets"])
     assert {r["window"] for r in metrics["fleet_probability"]} == {"30m", "8h"}
     assert {r["rule"] for r in metrics["lead_by_type"]} <= set(metrics["critical"])
+
+
+def test_real_data_notebook_scores_a_bundle_trained_on_bitbrains(tmp_path, tiny_fleet):
+    import os
+
+    from click.testing import CliRunner
+
+    from workbench import contract
+    from workbench.cli import main
+    from workbench.data import read_frame
+    from workbench.evaluation.real_data import zero_shot_gap
+    from workbench.model import TrainConfig, save_bundle
+    from workbench.model.train import train
+
+    env = os.environ.get("WORKBENCH_REAL_DATA")
+    root = Path(env) if env else NOTEBOOKS.parents[1] / "shared" / "data" / "real"
+    if not (root / "bitbrains-rnd").is_dir():
+        pytest.skip(f"real data not found at {root} (set WORKBENCH_REAL_DATA to the folder with bitbrains-rnd)")
+    files = [str(root / "bitbrains-rnd" / m / f"{vm}.csv.gz") for m in ("2013-7", "2013-8") for vm in (1, 3, 5, 52)]
+    runner = CliRunner()
+    imported = runner.invoke(main, ["import", *files, "--format", "bitbrains", "--out", str(tmp_path / "bb")])
+    assert imported.exit_code == 0, imported.output
+    real_targets = "cpu_pct,mem_pct,disk_io_mb_s,net_in_mb_s,net_out_mb_s"
+    args = ["train", "--data", str(tmp_path / "bb"), "--out", str(tmp_path / "real"), "--preset", "tiny"]
+    args += ["--targets", real_targets, "--holdout-days", "2", "--holdout-servers", "3", "--no-progress"]
+    trained = runner.invoke(main, args)
+    assert trained.exit_code == 0, trained.output
+    simulated = train(tiny_fleet, TrainConfig.preset("tiny", targets=("cpu_pct", "mem_pct")), progress=False)
+    save_bundle(simulated, tmp_path / "zero_shot")
+    lacking = zero_shot_gap(contract.METRIC_NAMES, read_frame(tmp_path / "bb"))
+    assert lacking == ["disk_pct", "latency_ms", "error_rate"]  # an 8-metric simulator bundle cannot be scored
+
+    metrics = run(
+        "07_real_data",
+        tmp_path,
+        bundle=str(tmp_path / "real"),
+        data=str(tmp_path / "bb"),
+        zero_shot_bundle=str(tmp_path / "zero_shot"),
+        origins=2,
+        origin_stride=48,
+        history_steps=700,
+        busy_quantile=0.5,
+        fan_servers=1,
+        progress=False,
+    )
+    models = {"tft", "seasonal_naive", "last_value", "predict_linear", "mstl_ets"}
+    assert metrics["servers"] == 3 and metrics["origins"] == 2 and metrics["targets"] == real_targets.split(",")
+    assert metrics["busy_servers"] >= 1 and metrics["idle_servers"] >= 1
+    assert metrics["busy_servers"] + metrics["idle_servers"] == 3 and len(metrics["holdout"]["busy"]) >= 1
+    for group in ("all", "busy", "idle"):
+        figures = metrics[group]
+        assert set(figures["scores"]) == set(figures["per_metric"]) == models, group
+        assert all(0 <= s["coverage"] <= 1 and s["mase"] > 0 for s in figures["scores"].values())
+        assert set(figures["per_metric"]["tft"]) == set(metrics["targets"])
+        assert figures["mase_ratio_vs_seasonal_naive"]["seasonal_naive"] == pytest.approx(1.0)
+        assert set(figures["p50_variation"]) == models
+    zero_shot = metrics["zero_shot"]
+    assert zero_shot["scored"] is True and zero_shot["targets"] == ["cpu_pct", "mem_pct"]
+    assert set(zero_shot["all"]["scores"]) == {"tft", "seasonal_naive"}
+    names = ["mase_vs_seasonal_naive", "mase_vs_mstl_ets", "busy_mase_vs_seasonal_naive", "coverage"]
+    assert [t["name"] for t in metrics["target_table"]] == names and set(metrics["targets_met"]) == set(names)
+    assert all(isinstance(t["met"], bool) and t["value"] is not None for t in metrics["target_table"])
+    assert len(metrics["missed_targets"]) == list(metrics["targets_met"].values()).count(False)

@@ -17,6 +17,12 @@ Rules (``T`` is the last observed step, ``h = 1 … horizon``):
 * ``predict_linear``: Prometheus' ``predict_linear(v[1h], h * 300)``: the ordinary least-squares
   line through the last hour's 12 samples against their timestamps, evaluated ``h`` steps after
   the last sample (needs the 12 samples).
+
+``mstl_ets`` (:class:`MstlEts`) is a fitted model rather than a rule: statsforecast's MSTL
+(daily season of 288 steps, plus the weekly one of 2016 when a series has two weeks of
+history) with an AutoETS forecast of its trend, fitted on each server and metric's last two
+weeks in one ``StatsForecast.forecast`` call; its p10 and p90 are the ends of MSTL's own 80 %
+prediction interval. It needs two days of history (two daily cycles for the STL).
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import polars as pl
 
 from workbench import contract as c
@@ -35,6 +43,12 @@ SEASON_STEPS = 288
 LINEAR_WINDOW_STEPS = RECENT_STEPS  # predict_linear(v[1h], ...) sees one hour of samples
 RESIDUAL_ORIGINS = 288
 MIN_RESIDUALS = 10
+WEEK_STEPS = 7 * SEASON_STEPS
+MSTL_NAME = "mstl_ets"
+MSTL_LEVEL = 80  # the central interval whose ends are the p10 and p90
+# R's stl() defaults for the daily season (jumps of a tenth of each smoother's window): 10-20x faster
+# than statsmodels' exact default of 1, and the seasonal shape differs by a fraction of the noise.
+STL_KWARGS: dict[str, Any] = {"seasonal_jump": 2, "trend_jump": 51, "low_pass_jump": 29}
 _BAND = (c.QUANTILE_LEVELS[0], c.QUANTILE_LEVELS[-1])  # the residual quantiles that make the p10 and p90
 
 Rule = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -194,11 +208,113 @@ class Baseline:
         return rule_forecast(panel, self, horizon, residual_origins=residual_origins)
 
 
-BASELINES: dict[str, Baseline] = {
+class Forecaster(Protocol):
+    """What a backtest needs of a baseline: its name, its warm-up and a forecast from a panel."""
+
+    @property
+    def name(self) -> str:
+        """The ``source`` of its forecasts."""
+        ...
+
+    @property
+    def min_history(self) -> int:
+        """Steps a server needs before it is forecast."""
+        ...
+
+    def forecast(self, panel: Panel, horizon: int = ..., *, residual_origins: int = ...) -> Forecast:
+        """Forecast every server of ``panel`` with enough history from its last step."""
+        ...
+
+
+@dataclass(frozen=True)
+class MstlEts:
+    """MSTL (daily, and weekly from two weeks of history) with an AutoETS trend, per server and metric.
+
+    Attributes:
+        name: The ``source`` of its forecasts.
+        min_history: Steps a server needs: two daily cycles, the least the STL decomposes.
+        history_steps: Most recent steps each series is fitted on (two weeks: the weekly season
+            needs them, and a longer fit only costs time).
+        ets_model: AutoETS model string of the trend forecaster (``ZZN``: error and trend
+            chosen by AICc, no seasonality, which MSTL has taken out).
+    """
+
+    name: str = MSTL_NAME
+    min_history: int = 2 * SEASON_STEPS
+    history_steps: int = 2 * WEEK_STEPS
+    ets_model: str = "ZZN"
+
+    def forecast(
+        self, panel: Panel, horizon: int = c.HORIZON_STEPS, *, residual_origins: int = RESIDUAL_ORIGINS
+    ) -> Forecast:
+        """Forecast every server of ``panel`` with enough history from its last step.
+
+        Args:
+            panel: History ending at the forecast origin.
+            horizon: Steps ahead.
+            residual_origins: Unused: the band is the model's own 80 % interval.
+        """
+        lengths = panel.lengths
+        ready = lengths >= self.min_history
+        values = panel.values[ready][:, -self.history_steps :]
+        quantiles = mstl_quantiles(values, horizon, self)
+        return packaged_forecast(panel, ready, values, quantiles, self.min_history, self.name)
+
+
+BASELINES: dict[str, Forecaster] = {
     "seasonal_naive": Baseline("seasonal_naive", seasonal_naive_paths, SEASON_STEPS),
     "last_value": Baseline("last_value", last_value_paths, 1),
     "predict_linear": Baseline("predict_linear", predict_linear_paths, LINEAR_WINDOW_STEPS),
+    MSTL_NAME: MstlEts(),
 }
+DEFAULT_BASELINES: tuple[str, ...] = ("seasonal_naive", "last_value", "predict_linear")  # the cheap rules
+
+
+def mstl_seasons(length: int) -> tuple[int, ...]:
+    """Return the seasons MSTL fits on ``length`` steps: daily, and weekly from two weeks on."""
+    return (SEASON_STEPS, WEEK_STEPS) if length >= 2 * WEEK_STEPS else (SEASON_STEPS,)
+
+
+def mstl_quantiles(values: np.ndarray, horizon: int, model: MstlEts) -> np.ndarray:
+    """Return ``(servers, metrics, horizon, 3)`` MSTL + AutoETS p10/p50/p90, NaN for series too short.
+
+    Every series with at least ``model.min_history`` values is fitted; series sharing a set of
+    seasons (:func:`mstl_seasons`) go through one ``StatsForecast.forecast`` call.
+
+    Args:
+        values: ``(servers, steps, metrics)`` history, NaN only before a series' first value.
+        horizon: Steps ahead.
+        model: The baseline's settings.
+    """
+    n, t, m = values.shape
+    series = values.transpose(0, 2, 1).reshape(n * m, t)
+    counts = (~np.isnan(series)).sum(axis=1)
+    out = np.full((n * m, horizon, 3), np.nan)
+    seasons = [mstl_seasons(int(k)) if k >= model.min_history else None for k in counts]
+    for group in sorted({g for g in seasons if g is not None}):
+        rows = np.array([i for i, g in enumerate(seasons) if g == group])
+        out[rows] = _statsforecast_mstl(series[rows], horizon, group, model)
+    return out.reshape(n, m, horizon, 3)
+
+
+def _statsforecast_mstl(series: np.ndarray, horizon: int, seasons: tuple[int, ...], model: MstlEts) -> np.ndarray:
+    """Fit MSTL + AutoETS on each row of ``series`` (leading NaN skipped) and return ``(rows, horizon, 3)``."""
+    from statsforecast import StatsForecast
+    from statsforecast.models import MSTL, AutoETS
+
+    rows, steps = np.nonzero(~np.isnan(series))
+    frame = pd.DataFrame({"unique_id": rows, "ds": steps, "y": series[rows, steps]})
+    mstl = MSTL(
+        season_length=list(seasons),
+        trend_forecaster=AutoETS(model=model.ets_model),
+        stl_kwargs=STL_KWARGS,
+        alias=model.name,
+    )
+    out = StatsForecast(models=[mstl], freq=1, n_jobs=1).forecast(df=frame, h=horizon, level=[MSTL_LEVEL])
+    assert isinstance(out, pd.DataFrame)  # a pandas frame in gives a pandas frame out
+    out = out.sort_values(["unique_id", "ds"], kind="stable")
+    columns = [f"{model.name}-lo-{MSTL_LEVEL}", model.name, f"{model.name}-hi-{MSTL_LEVEL}"]
+    return out[columns].to_numpy(np.float64).reshape(len(series), horizon, 3)
 
 
 def seasonal_naive(
@@ -229,6 +345,25 @@ def rule_forecast(panel: Panel, baseline: Baseline, horizon: int, *, residual_or
     point = baseline.rule(values, np.array([t - 1]), horizon)[:, 0]  # (n, H, m)
     band = residual_band(values, baseline.rule, horizon, residual_origins)  # (n, H, m, 2)
     quantiles = np.stack([point + band[..., 0], point, point + band[..., 1]], axis=-1).transpose(0, 2, 1, 3)
+    return packaged_forecast(panel, ready, values, quantiles, baseline.min_history, baseline.name)
+
+
+def packaged_forecast(
+    panel: Panel, ready: np.ndarray, values: np.ndarray, quantiles: np.ndarray, min_history: int, source: str
+) -> Forecast:
+    """Return the :class:`Forecast` of the ``ready`` servers' quantiles; the others are warming up.
+
+    Args:
+        panel: The history the baseline saw.
+        ready: ``(servers,)`` which servers of ``panel`` had enough history.
+        values: ``(ready servers, steps, metrics)`` the history of the ready ones.
+        quantiles: ``(ready servers, metrics, horizon, 3)``; a NaN marks a metric the baseline could
+            not forecast, and its server is listed as missing that metric.
+        min_history: Steps a server needs.
+        source: The baseline's name.
+    """
+    lengths = panel.lengths
+    t = values.shape[1]
     names = [s for s, r in zip(panel.servers, ready, strict=True) if r]
     ready_profiles = [p for p, r in zip(panel.profiles, ready, strict=True) if r]
     absent = np.isnan(quantiles).any(axis=(2, 3))  # (n, m): a metric without any value
@@ -246,8 +381,8 @@ def rule_forecast(panel: Panel, baseline: Baseline, horizon: int, *, residual_or
             for s, row, k in zip(names, absent, keep, strict=True)
             if not k
         },
-        min_history=baseline.min_history,
-        source=baseline.name,
+        min_history=min_history,
+        source=source,
         recent=values[keep, -RECENT_STEPS:].astype(np.float64),
         baseline=history_baseline(values[keep], np.full(int(keep.sum()), t)),
     )

@@ -24,7 +24,15 @@ from tqdm.auto import tqdm
 from workbench import contract as c
 from workbench.alert_rules import make_rule
 from workbench.alerts import RULE_NAMES, SEVERITIES, AlertTracker
-from workbench.baselines import BASELINES, RESIDUAL_ORIGINS, SEASON_STEPS, Panel, panel_from_frame, step_of
+from workbench.baselines import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    RESIDUAL_ORIGINS,
+    SEASON_STEPS,
+    Panel,
+    panel_from_frame,
+    step_of,
+)
 from workbench.early_warning.dataset import WarningSet
 from workbench.early_warning.features import warning_features
 from workbench.errors import ConfigError
@@ -49,7 +57,8 @@ class BacktestConfig:
         history_steps: Steps of history the baselines see at each origin (and over which the
             seasonal-naive MASE scale is computed); at least 288 + 1.
         residual_origins: Origins whose in-sample residuals give the baselines' bands.
-        baselines: Baselines measured next to the TFT (names of :data:`workbench.baselines.BASELINES`).
+        baselines: Baselines measured next to the TFT (names of :data:`workbench.baselines.BASELINES`;
+            by default the cheap rules, without the fitted ``mstl_ets``).
         alert_severity: Least alert severity that counts as an alarm (the incidents' onset is
             the critical crossing, so ``critical`` by default); the static rule always counts
             warnings (a static threshold warns at the warning level, or it could never warn early).
@@ -62,7 +71,7 @@ class BacktestConfig:
     warning_stride: int = 1
     history_steps: int = 3 * SEASON_STEPS
     residual_origins: int = RESIDUAL_ORIGINS
-    baselines: tuple[str, ...] = tuple(BASELINES)
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
     alert_severity: Literal["warning", "critical"] = "critical"
     rules: tuple[str, ...] | None = None
     progress: bool = True
