@@ -7,7 +7,6 @@ numbers at all, never a made-up forecast.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,21 +29,23 @@ MAD_TO_SD = 1.4826  # median absolute deviation to the standard deviation of a n
 def history_baseline(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Return ``(servers, metrics, 2)`` median and robust spread of the history before the last hour.
 
+    Servers are taken by equal usable length, so each group is one plain ``np.median`` over a
+    full slice (``nanmedian`` over a padded array costs ~0.3 s per 1,000 servers on the
+    forecast path). A metric with no value in a window is NaN throughout, and so is its result.
+
     Args:
         values: ``(servers, steps, metrics)`` left-aligned histories (rows past ``lengths`` ignored).
         lengths: Steps of history of each server.
     """
-    n, t, m = values.shape
-    usable = np.arange(t)[None, :] < (np.asarray(lengths) - RECENT_STEPS)[:, None]
-    past = np.where(usable[..., None], values, np.nan)
+    n, _, m = values.shape
+    usable = np.asarray(lengths) - RECENT_STEPS
     out = np.full((n, m, 2), np.nan)
-    some = usable.any(axis=1)
-    if some.any():
-        with warnings.catch_warnings():  # a metric never seen in a window has no median: NaN, said so
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(past[some], axis=1)
-            spread = MAD_TO_SD * np.nanmedian(np.abs(past[some] - median[:, None, :]), axis=1)
-        out[some] = np.stack([median, spread], axis=-1)
+    for length in np.unique(usable[usable > 0]):
+        rows = np.flatnonzero(usable == length)
+        past = values[rows, :length]
+        median = np.median(past, axis=1)
+        spread = MAD_TO_SD * np.median(np.abs(past - median[:, None, :]), axis=1)
+        out[rows] = np.stack([median, spread], axis=-1)
     return out
 
 
