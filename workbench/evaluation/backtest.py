@@ -13,6 +13,7 @@ the forecast are kept for the incident calibration (see :mod:`workbench.evaluati
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -146,6 +147,21 @@ class BacktestResult:
         return early_warning(self.alarms, incidents, self.window, rules=list(self.rules))
 
 
+def scored_panels(
+    frame: pl.DataFrame, servers: Sequence[str], targets: Sequence[str]
+) -> tuple[pl.DataFrame, Panel, np.ndarray]:
+    """Return the test servers' rows on the grid, their panel (gaps filled, as models read it) and raw values.
+
+    Raises:
+        ConfigError: when a test server is not in ``frame``.
+    """
+    data = c.to_grid(frame.filter(pl.col(c.SERVER).is_in(list(servers))))
+    absent = sorted(set(servers) - set(data[c.SERVER].unique().to_list()))
+    if absent:
+        raise ConfigError(f"test servers not in the data: {', '.join(absent)}")
+    return data, panel_from_frame(data, targets), panel_from_frame(data, targets, fill=False).values
+
+
 def backtest(
     bundle: Bundle,
     frame: pl.DataFrame,
@@ -176,13 +192,8 @@ def backtest(
     config = config or BacktestConfig()
     thresholds = thresholds or Thresholds()
     servers = tuple(sorted(test_servers))
-    data = c.to_grid(frame.filter(pl.col(c.SERVER).is_in(list(servers))))
-    absent = sorted(set(servers) - set(data[c.SERVER].unique().to_list()))
-    if absent:
-        raise ConfigError(f"test servers not in the data: {', '.join(absent)}")
+    data, panel, actual = scored_panels(frame, servers, bundle.spec.targets)
     targets, horizon = bundle.spec.targets, bundle.spec.horizon
-    panel = panel_from_frame(data, targets)
-    actual = panel_from_frame(data, targets, fill=False).values
     last = step_of(test_end) if test_end is not None else panel.last_step
     first = step_of(test_start) - 1
     scored = list(range(first, last - horizon + 1, config.origin_stride))

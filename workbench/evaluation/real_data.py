@@ -30,11 +30,10 @@ from workbench.baselines import (
     RESIDUAL_ORIGINS,
     WEEK_STEPS,
     Panel,
-    panel_from_frame,
     step_of,
 )
 from workbench.errors import ConfigError
-from workbench.evaluation.backtest import TFT, HistoryFeeder
+from workbench.evaluation.backtest import TFT, HistoryFeeder, scored_panels
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.evaluation.summary import COVERAGE_TARGET
 from workbench.inference.engine import Engine
@@ -190,13 +189,8 @@ def score_real(
     """
     config = config or RealDataConfig()
     servers = tuple(sorted(test_servers))
-    data = c.to_grid(frame.filter(pl.col(c.SERVER).is_in(list(servers))))
-    absent = sorted(set(servers) - set(data[c.SERVER].unique().to_list()))
-    if absent:
-        raise ConfigError(f"test servers not in the data: {', '.join(absent)}")
+    data, panel, actual = scored_panels(frame, servers, bundle.spec.targets)
     targets, horizon = bundle.spec.targets, bundle.spec.horizon
-    panel = panel_from_frame(data, targets)
-    actual = panel_from_frame(data, targets, fill=False).values
     origins = scored_origins(step_of(test_start), panel.last_step, horizon, config.origin_stride, config.origins)
     if not origins:
         raise ConfigError(
