@@ -119,9 +119,9 @@ real-data: $(STAMP)  ## import both Bitbrains months into data/bitbrains (from .
 $(REAL_DATA)/metrics:
 	$(MAKE) real-data
 
-real-model: $(STAMP) $(REAL_DATA)/metrics  ## train models/real on Bitbrains (reference preset, 5 metrics) until early stopping (90-min bound)
-	$(VENV)/bin/workbench train --data $(REAL_DATA) --out $(REAL_MODEL) --preset reference --targets $(REAL_TARGETS) \
-		--holdout-days 7 --holdout-servers 0.2 --set max_time_minutes=90
+real-model: $(STAMP) $(REAL_DATA)/metrics  ## train models/real on Bitbrains (real preset: window-scaled loss, 5 metrics) until early stopping (80-min bound)
+	$(VENV)/bin/workbench train --data $(REAL_DATA) --out $(REAL_MODEL) --preset real --targets $(REAL_TARGETS) \
+		--holdout-days 7 --holdout-servers 0.2
 
 $(REAL_MODEL)/model.safetensors: | $(STAMP) $(REAL_DATA)/metrics
 	$(MAKE) real-model

@@ -116,10 +116,11 @@ def generate(
 @click.option("--out", type=_PATH, required=True, help="Bundle folder to write.")
 @click.option(
     "--preset",
-    type=click.Choice(["tiny", "demo", "reference"]),
+    type=click.Choice(["tiny", "demo", "reference", "real"]),
     default="reference",
     show_default=True,
-    help="Starting settings: tiny (seconds, tests), demo (minutes), reference (the evaluated model).",
+    help="Starting settings: tiny (seconds, tests), demo (minutes), reference (the evaluated model), "
+    "real (real fleets: each window's loss in its own scale).",
 )
 @click.option("--config", "config_file", type=_PATH, help="YAML file of settings applied over the preset.")
 @click.option("--targets", help="Comma-separated metrics to forecast (default: all eight).")

@@ -15,6 +15,7 @@ from workbench.errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
 SAMPLINGS = ("uniform", "incidents")
+LOSSES = ("quantile", "window_scaled")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class TrainConfig:
             decoder holds an incident's precursor or onset weigh ``incident_weight``; needs the
             data's ``incidents.parquet``). Validation is never re-weighted.
         incident_weight: Weight of an incident window under ``sampling="incidents"``.
+        loss: ``quantile`` (in each metric's units, targets weighted by their typical spread) or
+            ``window_scaled`` (each window's loss divided by its own history's spread, so an
+            idle server's window counts as much as a busy one's; what a fleet of unlike real
+            servers needs).
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``cuda``, ...).
         devices: Lightning devices (``auto``, a count, or a list as text).
         num_nodes: Machines of a multi-node run (Lightning's ``num_nodes``).
@@ -90,6 +95,7 @@ class TrainConfig:
     randomize_length: bool = True
     sampling: str = "uniform"
     incident_weight: float = 5.0
+    loss: str = "quantile"
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
@@ -120,6 +126,8 @@ class TrainConfig:
             raise ConfigError(f"quantiles: three with 0.5 in the middle (p10/p50/p90), got {list(self.quantiles)}")
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"sampling: allowed {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss: allowed {', '.join(LOSSES)}, got {self.loss!r}")
         if not self.incident_weight > 0:
             raise ConfigError(f"incident_weight: a weight > 0 is allowed, got {self.incident_weight}")
         batches = self.limit_train_batches
@@ -249,5 +257,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "validation_steps": 288,
         "val_encoder_lengths": 8,
         "max_time_minutes": 30.0,
+    },
+    # Real fleets (`make real-model` on the Bitbrains VMs): unlike the simulator's servers, real
+    # VMs differ by orders of magnitude in level and spread, so each window's loss is taken in
+    # its own scale (``window_scaled``); twice the reference width for the wider variety, and
+    # validation at 4 history lengths to keep an epoch short on 2 cores.
+    "real": {
+        "hidden_size": 16,
+        "attention_head_size": 2,
+        "hidden_continuous_size": 8,
+        "batch_size": 128,
+        "max_epochs": 80,
+        "limit_train_batches": 100,
+        "patience": 6,
+        "min_delta": 1e-3,
+        "validation_steps": 288,
+        "val_encoder_lengths": 4,
+        "loss": "window_scaled",
+        "max_time_minutes": 80.0,
     },
 }

@@ -8,36 +8,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pytorch_forecasting import TemporalFusionTransformer
-from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 from torch import nn
 
 from workbench.errors import BundleError
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
+from workbench.model.losses import quantile_loss
 
 # Hyper-parameters that are objects, rebuilt from the spec and config instead of serialised.
 _OBJECT_HPARAMS = ("loss", "logging_metrics", "output_transformer", "dataset_parameters")
-
-
-def target_weights(spec: DatasetSpec) -> list[float]:
-    """Per-target weights of the loss: the inverse of each target's typical per-window scale.
-
-    The quantile loss is computed in each metric's own units (the network's output is scaled
-    back before it), so unweighted, ``latency_ms`` (a window's spread is about 76 ms) would
-    outweigh ``error_rate`` (about 0.001) 70,000 to 1 and the model would learn mostly the
-    former. Dividing by the mean per-window standard deviation, which the spec stores, gives
-    every metric a comparable share; the weights are scaled to average 1.
-    """
-    raw = [1.0 / max(spec.scale_moments[t]["scale"][0], 1e-9) for t in spec.targets]
-    mean = sum(raw) / len(raw)
-    return [w / mean for w in raw]
-
-
-def quantile_loss(config: TrainConfig, spec: DatasetSpec) -> MultiLoss | QuantileLoss:
-    """Return the quantile loss of a config (a ``MultiLoss`` weighted by :func:`target_weights` for several)."""
-    if len(config.targets) == 1:
-        return QuantileLoss(list(config.quantiles))
-    return MultiLoss([QuantileLoss(list(config.quantiles)) for _ in config.targets], weights=target_weights(spec))
 
 
 def network_from_dataset(dataset: Any, config: TrainConfig, spec: DatasetSpec) -> TemporalFusionTransformer:

@@ -29,7 +29,8 @@ from workbench.model.calibration import MIN_WINDOWS, BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
-from workbench.model.network import network_from_dataset, network_hparams, stack_targets, target_weights
+from workbench.model.losses import loss_record
+from workbench.model.network import network_from_dataset, network_hparams, stack_targets
 from workbench.model.training_speedups import sped_up
 from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
@@ -134,7 +135,7 @@ def train(
     info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
     info["calibration"] = calibration.record if calibration else {"skipped": "too few validation windows"}
     info["sampler"] = data.record()
-    info["loss"] = _loss_record(config, spec)
+    info["loss"] = loss_record(config, spec)
     info["distributed"] = _distributed_record(trainer, config)
     if holdout is not None:
         info[HOLDOUT_KEY] = holdout.to_json()
@@ -229,15 +230,6 @@ def untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: Trai
         warnings.filterwarnings("ignore", r"X has feature names")
         warnings.filterwarnings("ignore", r"The given NumPy array is not writable")
         return network_from_dataset(spec.build(sample.reset_index(drop=True), train=True), config, spec)
-
-
-def _loss_record(config: TrainConfig, spec: DatasetSpec) -> dict[str, Any]:
-    return {
-        "kind": "quantile",
-        "quantiles": list(config.quantiles),
-        "target_weights": dict(zip(spec.targets, target_weights(spec), strict=True)),
-        "weights_rule": "1 / mean per-window standard deviation of each target, scaled to average 1",
-    }
 
 
 def _distributed_record(trainer: lp.Trainer, config: TrainConfig) -> dict[str, Any]:
