@@ -83,7 +83,12 @@ def test_before_any_data_the_daemon_says_so_honestly(make):
         assert doc["metadata"]["status"] == "no_data" and doc["metadata"]["prediction_time"] is None
         assert doc["environment"]["fleet_health"] == "unknown" and doc["environment"]["total_servers"] == 0
         assert client.get("/alerts/active").json() == {"timestamp": None, "count": 0, "alerts": []}
-        assert client.get("/health").json() == {"status": "healthy", "service": "workbench-inference", "running": True}
+        assert client.get("/health").json() == {
+            "status": "healthy",
+            "service": "workbench-inference",
+            "running": True,
+            "problems": [],
+        }
         status = client.get("/status").json()
         assert status["running"] and status["tick_count"] == 0 and status["warmup"]["is_warmed_up"] is False
 
@@ -123,8 +128,8 @@ def test_the_served_document_equals_forecast_to_json(make, bundle):
         assert doc["alerts"] == [a.to_dict() for a in alerts]
 
 
-def test_forecasts_run_in_a_worker_process_that_is_restarted_after_a_crash(make, bundle):
-    app = make(forecast_worker="process")
+def test_forecasts_run_in_a_worker_process_that_is_restarted_after_a_crash_or_a_hang(make, bundle):
+    app = make(forecast_worker="process", worker_reply_seconds=120.0)
     need = bundle.spec.min_encoder_length
     with TestClient(app) as client:
         feed(client, steps(need))
@@ -140,6 +145,12 @@ def test_forecasts_run_in_a_worker_process_that_is_restarted_after_a_crash(make,
         status = client.get("/status").json()
         assert status["forecast_worker"]["restarts"] == 1 and status["forecast_worker"]["pid"] != worker["pid"]
         assert status["predictor"]["errors"] <= 1  # the request in flight at the kill, if any
+        app.state.daemon.worker.reply_seconds = 5.0  # warm now: a forecast takes well under a second
+        os.kill(status["forecast_worker"]["pid"], signal.SIGSTOP)  # hung: alive, silent
+        feed(client, steps(1, start=need + 1))
+        wait_for(lambda: forecast_from(client, need + 1), timeout=180)
+        status = client.get("/status").json()
+        assert status["forecast_worker"]["hangs"] == 1 and status["forecast_worker"]["restarts"] == 2
     assert app.state.daemon.worker.pid is None  # stopped with the daemon
 
 
@@ -284,9 +295,25 @@ def test_a_failing_log_answers_503_and_stores_nothing(make):
             raise StateError("disk full")
 
         journal.append = broken
+        assert client.get("/health").status_code == 200
         response = client.post("/feed/data", content=steps(1)[0])
         assert response.status_code == 503 and "disk full" in response.json()["detail"]
         assert app.state.daemon.ingestor.store.servers == []
+        health = client.get("/health")  # health means health: the folder cannot be written
+        assert health.status_code == 503 and "disk full" in health.json()["problems"][0]
+        del journal.append
+        assert client.post("/feed/data", content=steps(1)[0]).status_code == 200
+        assert client.get("/health").status_code == 200
+
+
+def test_paths_and_pids_are_shown_only_with_the_key(make, monkeypatch):
+    app = make(api_key="secret")
+    with TestClient(app) as client:
+        anonymous = client.get("/status").json()
+        assert anonymous["state"]["state_dir"] is None and anonymous["state"]["persisted"]
+        keyed = client.get("/status", headers={"X-API-Key": "secret"}).json()
+        assert keyed["state"]["state_dir"].endswith("state")
+        assert "bundle_path" not in client.get("/predictions/current").json()["metadata"]
 
 
 def test_with_an_interval_forecasts_follow_the_clock_not_the_steps(make, bundle):

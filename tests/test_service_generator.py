@@ -92,6 +92,12 @@ def test_the_scenario_api(monkeypatch):
         assert bad.status_code == 422 and bad.json()["allowed"] == ["healthy", "degrading", "critical"]
         assert "healthy, degrading, critical" in bad.json()["detail"]
         assert client.post("/scenario/set", json={}, headers=keyed).status_code == 422
+        nan = client.post("/scenario/set", content=b'{"scenario": NaN}', headers=keyed)
+        assert nan.status_code == 400 and "malformed JSON" in nan.json()["detail"]
+        huge = client.post("/scenario/set", json={"scenario": "x" * 10_000_000}, headers=keyed)
+        assert huge.status_code == 413 and len(huge.content) < 1000
+        long = client.post("/scenario/set", json={"scenario": "y" * 3000}, headers=keyed)
+        assert long.status_code == 422 and len(long.content) < 1000
         assert client.get("/health").json()["running"]
         deadline = time.monotonic() + 10
         while len(target.bodies) < 2 and time.monotonic() < deadline:

@@ -104,41 +104,6 @@ def test_snapshot_then_log_replay_and_cleanup(tmp_path, steps):
     again.close()
 
 
-def test_a_torn_last_entry_is_cut_and_the_rest_kept(tmp_path, steps):
-    state_dir = StateDir(tmp_path, IDENTITY)
-    recovered, journal = state_dir.recover(empty)
-    feed(journal, recovered.store, steps[:3])
-    journal.close()
-    state_dir.close()
-    path = segment_path(tmp_path, 1)
-    whole = path.read_bytes()
-    path.write_bytes(whole + whole[-500:-100])  # a partial entry, as a crash mid-write leaves
-    again = StateDir(tmp_path, IDENTITY)
-    recovered, journal = again.recover(empty)
-    assert recovered.tick_count == 3 and recovered.truncated_bytes == 400
-    assert path.read_bytes() == whole
-    journal.close()
-    again.close()
-
-
-def test_damage_before_a_later_segment_is_an_error(tmp_path, steps):
-    state_dir = StateDir(tmp_path, IDENTITY)
-    recovered, journal = state_dir.recover(empty)
-    feed(journal, recovered.store, steps[:2])
-    journal.rotate()
-    feed(journal, recovered.store, steps[2:3])
-    journal.close()
-    state_dir.close()
-    path = segment_path(tmp_path, 1)
-    data = bytearray(path.read_bytes())
-    data[-10] ^= 0xFF
-    path.write_bytes(bytes(data))
-    again = StateDir(tmp_path, IDENTITY)
-    with pytest.raises(StateError, match="damaged entry .* before later segments"):
-        again.recover(empty)
-    again.close()
-
-
 def test_state_of_another_bundle_or_contract_is_refused(tmp_path, steps):
     state_dir = StateDir(tmp_path, IDENTITY)
     recovered, journal = state_dir.recover(empty)

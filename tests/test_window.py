@@ -130,11 +130,12 @@ def test_memory_stays_bounded_for_a_fleet_that_keeps_adding_servers():
     assert store.nbytes <= 64 * 12 * 2 * 20  # rows x capacity x metrics x bytes per cell
 
 
-def test_idle_servers_are_evicted():
+def test_idle_servers_are_evicted_by_arrival_not_by_data_time():
     store = WindowStore(capacity=6, metrics=METRICS)
     store.ingest(pl.concat([rows("old", steps(2), [1.0, 1.0]), rows("new", steps(2), [1.0, 1.0])]))
     report = store.ingest(rows("new", steps(1, start=9), [1.0]))
-    assert report.evicted == ["old"] and store.servers == ["new"]
+    assert report.evicted == [] and store.servers == ["old", "new"]  # a step far ahead evicts nobody
+    assert store.evict_idle(store.tick) == ["old"] and store.servers == ["new"]
 
 
 def _reference_read(store: WindowStore, slot: int, length: int) -> tuple[int, np.ndarray]:

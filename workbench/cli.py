@@ -23,6 +23,7 @@ from workbench.reporting.cli import report as report_command
 from workbench.service.cli import serve as serve_command
 from workbench.service.cli import stream as stream_command
 from workbench.service.forward_cli import forward as forward_command
+from workbench.service.state_cli import state as state_command
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
 if TYPE_CHECKING:
@@ -349,6 +350,7 @@ main.add_command(report_command)
 main.add_command(calibrate_incidents)
 main.add_command(import_command)
 main.add_command(forward_command)
+main.add_command(state_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

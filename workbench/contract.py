@@ -375,7 +375,10 @@ def parse_timestamp(value: Any) -> tuple[datetime | None, str | None]:
             ts = None
     if ts is None:
         return None, "must be an ISO 8601 time or epoch seconds"
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    if not TIMESTAMP_MIN <= ts < TIMESTAMP_MAX:
+    try:  # an offset can push a valid local time past year 1 or 9999 (9999-12-31T23:59:59-05:00)
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (OverflowError, ValueError):
+        ts = None
+    if ts is None or not TIMESTAMP_MIN <= ts < TIMESTAMP_MAX:
         return None, f"must lie between {TIMESTAMP_MIN:%Y-%m-%d} and {TIMESTAMP_MAX:%Y-%m-%d}"
     return ts, None

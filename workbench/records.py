@@ -83,11 +83,17 @@ class _Checker:
             return [], [Issue(index, "<record>", raw, "must be a JSON object")]
         issues: list[Issue] = []
         row: list[Any] = [None] * len(c.COLUMNS)
+        given: list[Any] = [None] * len(c.COLUMNS)  # the key that gave each column
         for key, value in raw.items():
             name = _KEYS.get(key)
             if name is None:
                 self.ignored.add(str(key))
                 continue
+            position = _POSITION[name]
+            if given[position] is not None:
+                issues.append(Issue(index, str(key), value, f"conflicts with {given[position]!r}: both name {name}"))
+                continue
+            given[position] = key
             bounds = _BOUNDS.get(name)
             if bounds is not None and (type(value) is float or type(value) is int) and bounds[0] <= value <= bounds[1]:
                 row[_POSITION[name]] = float(value)

@@ -10,6 +10,7 @@ a gap longer than ``max_gap_steps`` restarts that server's history (and its warm
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ class IngestReport:
         gap_steps: Servers with steps missing inside an allowed gap, and how many (carried forward).
         too_old: Samples older than the window (or than a restart), dropped.
         evicted: Servers dropped to keep memory bounded.
+        refused: New servers not admitted: the store was full of servers of this same batch.
+        refused_samples: Samples of the refused servers, dropped.
     """
 
     samples: int = 0
@@ -43,6 +46,8 @@ class IngestReport:
     gap_steps: dict[str, int] = field(default_factory=dict)
     too_old: int = 0
     evicted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    refused_samples: int = 0
 
 
 @dataclass
@@ -74,7 +79,6 @@ class WindowStore:
         *,
         max_gap_steps: int = c.MAX_GAP_STEPS,
         max_servers: int = 100_000,
-        idle_steps: int | None = None,
     ) -> None:
         """Create an empty store.
 
@@ -83,18 +87,17 @@ class WindowStore:
             metrics: Metrics kept, in column order.
             max_gap_steps: Longest run of missing steps that is carried forward; a longer gap
                 restarts the server's history.
-            max_servers: Most servers held; beyond it the least recently updated is evicted.
-            idle_steps: Evict a server whose last step is this far behind the newest step
-                (default: ``capacity``, when its window would hold nothing useful anyway).
+            max_servers: Most servers held; a new one beyond it evicts the server that sent
+                least recently (O(1): the servers are kept in order of their last arrival).
         """
         self.capacity = capacity
         self.metrics = tuple(c.check_metric_names(metrics))
         self.max_gap_steps = max_gap_steps
         self.max_servers = max_servers
-        self.idle_steps = capacity if idle_steps is None else idle_steps
         self._is_max = np.array([c.METRIC_BY_NAME[m].aggregation == "max" for m in self.metrics])
         self._names: list[str | None] = []
-        self._index: dict[str, int] = {}
+        self._index: OrderedDict[str, int] = OrderedDict()  # least recently arrived first
+        self._tick = 0  # ingest calls so far: the arrival clock (replays the same from the log)
         self._free: list[int] = []
         m = len(self.metrics)
         self._sum = np.zeros((0, capacity, m), dtype=np.float64)
@@ -102,6 +105,7 @@ class WindowStore:
         self._max = np.zeros((0, capacity, m), dtype=np.float64)
         self._last = np.zeros(0, dtype=np.int64)
         self._profile = np.zeros(0, dtype=np.int16)
+        self._seen = np.zeros(0, dtype=np.int64)  # tick of each row's last arrival
         self._alloc(16)
 
     # ------------------------------------------------------------------ storage
@@ -115,26 +119,50 @@ class WindowStore:
         self._max = _grow(self._max, (rows, cap, m), -np.inf)
         self._last = _grow(self._last, (rows,), -1)
         self._profile = _grow(self._profile, (rows,), 0)
+        self._seen = _grow(self._seen, (rows,), 0)
         self._names.extend([None] * (rows - old))
         self._free.extend(range(rows - 1, old - 1, -1))
 
-    def _slot(self, name: str, report: IngestReport) -> int:
+    def _slot(self, name: str, report: IngestReport) -> int | None:
+        """The row of ``name``, admitting it when new; ``None`` when the store is full of this batch's servers."""
         slot = self._index.get(name)
         if slot is not None:
+            self._index.move_to_end(name)
+            self._seen[slot] = self._tick
             return slot
         if len(self._index) >= self.max_servers:
-            self._evict(self._stalest(), report)
+            oldest = next(iter(self._index))
+            if self._seen[self._index[oldest]] == self._tick:  # every server held sent in this batch
+                report.refused.append(name)
+                return None
+            self._evict(oldest, report)
         if not self._free:
             self._alloc(min(max(2 * len(self._names), 16), max(self.max_servers, 16)))
         slot = self._free.pop()
         self._index[name] = slot
         self._names[slot] = name
+        self._seen[slot] = self._tick
         report.new_servers.append(name)
         return slot
 
-    def _stalest(self) -> str:
-        slots = np.fromiter(self._index.values(), dtype=np.int64)
-        return str(self._names[int(slots[np.argmin(self._last[slots])])])
+    @property
+    def tick(self) -> int:
+        """Ingest calls so far (the clock of :meth:`evict_idle`)."""
+        return self._tick
+
+    def evict_idle(self, before_tick: int) -> list[str]:
+        """Evict every server whose last arrival came before ``before_tick``; O(evicted).
+
+        The daemon maps wall-clock idleness onto ticks (see :class:`~workbench.service.ingest.Ingestor`):
+        data time cannot say a server is idle, since a replay of old data is as live as new data.
+        """
+        report = IngestReport()
+        while self._index:
+            oldest = next(iter(self._index))
+            if self._seen[self._index[oldest]] >= before_tick:
+                break
+            self._evict(oldest, report)
+        return report.evicted
 
     def _evict(self, name: str, report: IngestReport) -> None:
         slot = self._index.pop(name)
@@ -168,8 +196,9 @@ class WindowStore:
             "names": np.array(["" if n is None else n for n in self._names], dtype=np.str_),
             "free": np.array(self._free, dtype=np.int64),
             "order": np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index)),
+            "seen": self._seen.copy(),
             "metrics": np.array(self.metrics, dtype=np.str_),
-            "settings": np.array([self.capacity, self.max_gap_steps, self.max_servers, self.idle_steps], np.int64),
+            "settings": np.array([self.capacity, self.max_gap_steps, self.max_servers, self._tick], np.int64),
         }
 
     @classmethod
@@ -179,21 +208,18 @@ class WindowStore:
         Raises:
             ValueError: when the arrays are missing, of the wrong type or inconsistent.
         """
-        keys = {"sum", "cnt", "max", "last", "profile", "names", "free", "order", "metrics", "settings"}
+        keys = {"sum", "cnt", "max", "last", "profile", "seen", "names", "free", "order", "metrics", "settings"}
         missing = sorted(keys - set(state))
         if missing:
             raise ValueError(f"window state lacks {', '.join(missing)}")
-        capacity, max_gap, max_servers, idle = (int(v) for v in state["settings"])
-        store = cls(
-            capacity,
-            tuple(str(m) for m in state["metrics"]),
-            max_gap_steps=max_gap,
-            max_servers=max_servers,
-            idle_steps=idle,
-        )
+        capacity, max_gap, max_servers, tick = (int(v) for v in state["settings"])
+        store = cls(capacity, tuple(str(m) for m in state["metrics"]), max_gap_steps=max_gap, max_servers=max_servers)
         names = [str(n) or None for n in state["names"]]
         rows, m = len(names), len(store.metrics)
-        arrays = {"sum": np.float64, "cnt": np.int32, "max": np.float64, "last": np.int64, "profile": np.int16}
+        arrays = {
+            "sum": np.float64, "cnt": np.int32, "max": np.float64, "last": np.int64, "profile": np.int16,
+            "seen": np.int64,
+        }  # fmt: skip
         for key, dtype in arrays.items():
             shape = (rows, capacity, m) if key in ("sum", "cnt", "max") else (rows,)
             if state[key].shape != shape or state[key].dtype != dtype:
@@ -208,9 +234,9 @@ class WindowStore:
         if rows and not 0 <= int(state["profile"].min()) <= int(state["profile"].max()) < len(c.PROFILES):
             raise ValueError("window state: unknown profile code")
         store._sum, store._cnt, store._max = state["sum"], state["cnt"], state["max"]
-        store._last, store._profile = state["last"], state["profile"]
-        store._names, store._free = names, free
-        store._index = {str(names[s]): s for s in order}
+        store._last, store._profile, store._seen = state["last"], state["profile"], state["seen"]
+        store._names, store._free, store._tick = names, free, tick
+        store._index = OrderedDict((str(names[s]), s) for s in order)
         return store
 
     @property
@@ -235,12 +261,25 @@ class WindowStore:
             What happened: new servers, restarts, carried-forward gaps, dropped samples.
         """
         report = IngestReport(samples=frame.height)
+        self._tick += 1
         if frame.height == 0:
             return report
         buckets = self._bucket(frame)
         report.steps = buckets.height
         names = buckets[c.SERVER].to_list()
-        slot_of = {name: self._slot(name, report) for name in dict.fromkeys(names)}
+        distinct = list(dict.fromkeys(names))
+        newcomers = [n for n in distinct if n not in self._index]
+        for name in distinct:  # the batch's known servers first: a newcomer never evicts one of them
+            if name in self._index:
+                self._slot(name, report)
+        for name in newcomers:
+            self._slot(name, report)
+        slot_of = {n: self._index[n] for n in distinct if n in self._index}
+        if report.refused:
+            refused = set(report.refused)
+            report.refused_samples = int(buckets.filter(pl.col(c.SERVER).is_in(refused))["samples"].sum())
+            buckets = buckets.filter(~pl.col(c.SERVER).is_in(refused))
+            names = buckets[c.SERVER].to_list()
         slots = np.fromiter((slot_of[n] for n in names), dtype=np.int64, count=len(names))
         steps = buckets["step"].to_numpy().astype(np.int64)
         last_rows = buckets.select(c.SERVER, c.PROFILE).unique(c.SERVER, keep="last")
@@ -248,7 +287,7 @@ class WindowStore:
             self._profile[slot_of[name]] = _PROFILE_CODES.get(profile, _PROFILE_CODES[c.DEFAULT_PROFILE])
         last = self._advance(slots, steps, report)
         accept = steps > last[slots] - self.capacity
-        report.too_old = int(report.samples - buckets["samples"].to_numpy()[accept].sum())
+        report.too_old = int(buckets["samples"].to_numpy()[~accept].sum())
         pos = steps[accept] % self.capacity
         rows = slots[accept]
         m = len(self.metrics)
@@ -257,7 +296,6 @@ class WindowStore:
         self._cnt[rows, pos] += block[:, m : 2 * m].astype(np.int32)
         self._max[rows, pos] = np.fmax(self._max[rows, pos], block[:, 2 * m :])
         self._last = last
-        self._evict_idle(report)
         return report
 
     def _bucket(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -303,19 +341,17 @@ class WindowStore:
         self._clear(moved, offset < advance[:, None])
         return last
 
-    def _evict_idle(self, report: IngestReport) -> None:
-        if not self._index:
-            return
-        newest = int(self._last.max())
-        for name in [n for n, s in self._index.items() if newest - self._last[s] > self.idle_steps]:
-            self._evict(name, report)
-
     # ------------------------------------------------------------------ reading
 
     def history(self, name: str) -> int:
         """Return the steps of usable history of ``name`` (0 for an unknown server), capped at capacity."""
         slot = self._index.get(name)
         return 0 if slot is None else int(self._histories(np.array([slot]))[0])
+
+    def last_steps(self, names: list[str]) -> np.ndarray:
+        """Each name's newest step (-1 for a server not held)."""
+        slots = [self._index.get(n) for n in names]
+        return np.array([-1 if s is None else int(self._last[s]) for s in slots], dtype=np.int64)
 
     def histories(self) -> dict[str, int]:
         """Return :meth:`history` of every server held."""

@@ -34,6 +34,22 @@ _LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
 @click.option("--max-records", type=click.IntRange(min=1), default=20_000, show_default=True, help="Per request.")
 @click.option("--thresholds", type=_PATH, help="YAML file of alert thresholds (default: the built-in table).")
 @click.option(
+    "--max-servers", type=click.IntRange(min=1), default=100_000, show_default=True,
+    help="Most servers held; a new one beyond it evicts the one that sent least recently.",
+)  # fmt: skip
+@click.option(
+    "--max-clock-skew", type=click.FloatRange(min=0), default=300.0, show_default=True,
+    help="Seconds a record's timestamp may lie ahead of the daemon's clock; later ones are refused.",
+)  # fmt: skip
+@click.option(
+    "--idle-hours", type=click.FloatRange(min=0.01), default=24.0, show_default=True,
+    help="Evict a server that has sent nothing for this long (wall clock, not data time).",
+)  # fmt: skip
+@click.option(
+    "--worker-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+    help="Seconds to wait for one forecast before the worker is killed and started again.",
+)  # fmt: skip
+@click.option(
     "--forecast-worker",
     type=click.Choice(FORECAST_WORKERS),
     default=FORECAST_WORKERS[0],
@@ -76,6 +92,10 @@ def serve(
     max_body_mb: float,
     max_records: int,
     thresholds: Path | None,
+    max_servers: int,
+    max_clock_skew: float,
+    idle_hours: float,
+    worker_timeout: float,
     forecast_worker: str,
     threads: int | None,
     alert_rule: str,
@@ -106,6 +126,10 @@ def serve(
         max_body_bytes=int(max_body_mb * MiB),
         max_records=max_records,
         thresholds=thresholds,
+        max_servers=max_servers,
+        max_future_seconds=max_clock_skew,
+        idle_seconds=idle_hours * 3600.0,
+        worker_reply_seconds=worker_timeout,
         threads=threads,
         forecast_worker=forecast_worker,
         log_level=log_level,

@@ -38,6 +38,13 @@ def api_key_guard(
     return guard
 
 
+def key_matches(expected: str | None, key: str | None) -> bool:
+    """Whether ``key`` is the configured key (always true when the daemon has none)."""
+    if expected is None:
+        return True
+    return key is not None and hmac.compare_digest(key.encode(), expected.encode())
+
+
 class BodyTooLarge(Exception):
     """The request body exceeds the configured limit."""
 

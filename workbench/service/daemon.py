@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from workbench import contract as c
 from workbench.alert_rules import resolve_rule
+from workbench.errors import StateError
 from workbench.inference.engine import Engine
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
@@ -37,6 +38,7 @@ from workbench.service.worker import ForecastProcess, WorkerConfig
 from workbench.thresholds import Thresholds
 
 SERVICE_NAME = "workbench-inference"
+IDLE_CHECK_SECONDS = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -93,7 +95,9 @@ class InferenceDaemon:
                 bundle.path,
                 self.alert_rule,
             )
-        self.worker = None if in_thread else ForecastProcess(self._worker_config(thresholds))
+        self.worker = (
+            None if in_thread else ForecastProcess(self._worker_config(thresholds), settings.worker_reply_seconds)
+        )
         backend: Backend = Forecaster(self.engine, documents) if self.worker is None else self.worker
         self.predictor = Predictor(
             backend,
@@ -107,6 +111,8 @@ class InferenceDaemon:
         self.alertmanager = self._alertmanager()
         self.registry = make_registry(self.predictor, self.ingestor, self.alertmanager)
         self.snapshots = 0
+        self.snapshot_failures = 0
+        self.snapshot_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if self.recovered.replayed_batches or self.recovered.snapshot_segment is not None:
             log.info(
@@ -157,7 +163,6 @@ class InferenceDaemon:
         return {
             "model_type": "TFT",
             "bundle": self.bundle.path.name if self.bundle.path is not None else None,
-            "bundle_path": str(self.bundle.path) if self.bundle.path is not None else None,
             "contract_version": c.CONTRACT_VERSION,
             "horizon_steps": self.engine.spec.horizon,
             "device": self._device(),
@@ -183,6 +188,7 @@ class InferenceDaemon:
         self._tasks = [asyncio.create_task(self.predictor.run(self._published), name="predictor")]
         if self.state_dir is not None:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+        self._tasks.append(asyncio.create_task(self._idle_loop(), name="idle eviction"))
         try:
             yield
         finally:
@@ -199,8 +205,24 @@ class InferenceDaemon:
             journal = self.ingestor.journal
             big = journal is not None and journal.segment_bytes >= self.settings.snapshot_log_bytes
             if big or time.monotonic() - last >= self.settings.snapshot_seconds:
-                await anyio.to_thread.run_sync(self.snapshot)
+                try:
+                    await anyio.to_thread.run_sync(self.snapshot)
+                except (OSError, StateError) as exc:  # a full disk: keep logging, say so, try again later
+                    self.snapshot_error = f"snapshot failed: {exc}"
+                    self.snapshot_failures += 1
+                    log.error("%s; the log keeps every batch, next try in %.0f s", self.snapshot_error,
+                              self.settings.snapshot_seconds)  # fmt: skip
+                else:
+                    self.snapshot_error = None
                 last = time.monotonic()
+
+    async def _idle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_SECONDS)
+            evicted = await anyio.to_thread.run_sync(self.ingestor.evict_idle, self.settings.idle_seconds)
+            if evicted:
+                log.info("evicted %d servers silent for %.0f s: %s", len(evicted), self.settings.idle_seconds,
+                         ", ".join(evicted[:10]) + (" ..." if len(evicted) > 10 else ""))  # fmt: skip
 
     def snapshot(self) -> None:
         """Snapshot the windows now (a short lock, then the write without it)."""
@@ -211,6 +233,19 @@ class InferenceDaemon:
             path = self.state_dir.write_snapshot(*started)
             self.snapshots += 1
             log.info("snapshot %s written", path.name)
+
+    def problems(self) -> list[str]:
+        """What makes the daemon unhealthy now (empty: healthy)."""
+        out = []
+        if not self.running:
+            out.append("the background predictor is not running")
+        if self.ingestor.write_error:
+            out.append(self.ingestor.write_error)
+        if self.snapshot_error:
+            out.append(self.snapshot_error)
+        if self.worker is not None and (stall := self.worker.stalled()):
+            out.append(stall)
+        return out
 
     def close(self) -> None:
         """Stop the forecast worker, take a final snapshot, close the log and release the state folder (idempotent)."""
@@ -254,8 +289,12 @@ class InferenceDaemon:
             "forecast_start": c.step_time(last + 1).isoformat(),
         }
 
-    def status(self) -> dict[str, Any]:
-        """Return the ``GET /status`` document (a short lock to read the live warm-up)."""
+    def status(self, private: bool = True) -> dict[str, Any]:
+        """Return the ``GET /status`` document (a short lock to read the live warm-up).
+
+        Args:
+            private: Include the state folder's path and the worker's pid (a reader with the key).
+        """
         warmup = self.predictor.warmup()
         journal = self.ingestor.journal
         env = self.predictor.latest.summary["environment"]
@@ -274,18 +313,24 @@ class InferenceDaemon:
             "predictor": self.predictor.status(),
             "forecast_worker": {
                 "mode": self.settings.forecast_worker,
-                "pid": self.worker.pid if self.worker is not None else None,
+                "pid": self.worker.pid if self.worker is not None and private else None,
                 "restarts": self.worker.restarts if self.worker is not None else 0,
+                "hangs": self.worker.hangs if self.worker is not None else 0,
             },
             "ingest": {**vars(self.ingestor.counters), "records_total": self.ingestor.records},
             "state": {
-                "state_dir": str(self.settings.state_dir) if self.settings.state_dir else None,
+                "state_dir": str(self.settings.state_dir) if self.settings.state_dir and private else None,
+                "persisted": self.settings.state_dir is not None,
                 "segment": journal.segment if journal is not None else None,
                 "segment_bytes": journal.segment_bytes if journal is not None else None,
                 "fsync": self.settings.fsync,
                 "snapshots_written": self.snapshots,
+                "snapshot_failures": self.snapshot_failures,
+                "write_error": self.ingestor.write_error,
+                "snapshot_error": self.snapshot_error,
                 "recovered_batches": self.recovered.tick_count,
                 "replayed_batches": self.recovered.replayed_batches,
+                "recovery": self.recovered.to_json(),
             },
             "websocket_clients": self.hub.subscribers,
             "uptime_seconds": round(time.time() - self.started, 1),

@@ -23,17 +23,20 @@ from typing import Any
 
 import anyio
 import httpx
+import orjson
 import polars as pl
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from workbench import contract as c
 from workbench.errors import ConfigError
 from workbench.service import schemas as s
-from workbench.service.common import API_KEY_HEADER, api_key_guard
+from workbench.service.common import API_KEY_HEADER, BodyTooLarge, api_key_guard, read_body
+from workbench.service.ingest import BodyError
 from workbench.service.settings import GeneratorSettings
 from workbench.simulator import SCENARIO_NAMES, FleetStream
 
+MAX_SCENARIO_BODY = 4096
 SERVICE_NAME = "workbench-generator"
 RETRY_STATUSES = frozenset({408, 425, 429})
 log = logging.getLogger(__name__)
@@ -198,6 +201,28 @@ def _json_or_text(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"json": data}
 
 
+def scenario_from_body(body: bytes) -> str:
+    """The scenario name of a ``/scenario/set`` body.
+
+    Raises:
+        BodyError: 400 for anything but a strict JSON object, 422 for a missing or non-text
+            ``scenario`` or an unknown name (shown cut to 60 characters).
+    """
+    try:
+        doc = orjson.loads(body)  # strict: NaN, Infinity and bad UTF-8 are refused
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(400, f"malformed JSON body: {str(exc)[:200]}") from None
+    if not isinstance(doc, dict):
+        raise BodyError(400, 'the body must be a JSON object {"scenario": NAME}')
+    name = doc.get("scenario")
+    if not isinstance(name, str):
+        raise BodyError(422, "scenario: required, a text naming one of the allowed scenarios")
+    if name not in SCENARIO_NAMES:
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        raise BodyError(422, f"scenario: unknown {shown!r}; allowed: {', '.join(SCENARIO_NAMES)}")
+    return name
+
+
 def create_generator_app(settings: GeneratorSettings, *, transport: httpx.BaseTransport | None = None) -> FastAPI:
     """Build the generator daemon's app; the streaming thread runs while the app serves.
 
@@ -229,13 +254,28 @@ def create_generator_app(settings: GeneratorSettings, *, transport: httpx.BaseTr
     @app.post(
         "/scenario/set",
         response_model=s.ScenarioSetResponse,
-        responses={422: {"model": s.ErrorResponse, "description": "unknown scenario (the allowed ones are named)"}},
+        responses={
+            400: {"model": s.ErrorResponse, "description": "not a JSON object"},
+            413: {"model": s.ErrorResponse, "description": f"body over {MAX_SCENARIO_BODY} bytes"},
+            422: {"model": s.ErrorResponse, "description": "unknown scenario (the allowed ones are named)"},
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": s.ScenarioRequest.model_json_schema()}}}},
         dependencies=[Depends(guard)],
-    )
-    async def scenario_set(request: s.ScenarioRequest) -> Any:
-        """Switch the scenario (``healthy``, ``degrading``, ``critical``) from the next step on."""
+    )  # fmt: skip
+    async def scenario_set(request: Request) -> Any:
+        """Switch the scenario (``healthy``, ``degrading``, ``critical``) from the next step on.
+
+        The body is ``{"scenario": NAME}``; it is read strictly (no NaN, at most a few KB) and a
+        refused value is never echoed whole.
+        """
         try:
-            return await anyio.to_thread.run_sync(generator.set_scenario, request.scenario)
+            name = scenario_from_body(await read_body(request, MAX_SCENARIO_BODY))
+            return await anyio.to_thread.run_sync(generator.set_scenario, name)
+        except BodyTooLarge as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=413)
+        except BodyError as exc:
+            return JSONResponse({"detail": str(exc), "allowed": list(SCENARIO_NAMES)}, status_code=exc.status)
         except ConfigError as exc:
             return JSONResponse({"detail": str(exc), "allowed": list(SCENARIO_NAMES)}, status_code=422)
 

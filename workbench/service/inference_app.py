@@ -20,7 +20,7 @@ from workbench import contract as c
 from workbench.errors import StateError
 from workbench.model.bundle import Bundle, load_bundle
 from workbench.service import schemas as s
-from workbench.service.common import BodyTooLarge, api_key_guard, read_body
+from workbench.service.common import API_KEY_HEADER, BodyTooLarge, api_key_guard, key_matches, read_body
 from workbench.service.daemon import SERVICE_NAME, InferenceDaemon
 from workbench.service.ingest import BodyError, parse_body
 from workbench.service.predictor import Published
@@ -177,16 +177,36 @@ def _read_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
             return _error(404, f"unknown server {server!r}: the daemon holds no data for it")
         return JSONResponse(doc)
 
-    @app.get("/health", response_model=s.HealthResponse, tags=["read"])
-    async def health() -> dict[str, Any]:
-        """Say whether the daemon and its background predictor are running."""
-        running = daemon.running
-        return {"status": "healthy" if running else "unhealthy", "service": SERVICE_NAME, "running": running}
+    @app.get(
+        "/health",
+        response_model=s.HealthResponse,
+        responses={503: {"model": s.HealthResponse, "description": "unhealthy: `problems` says why"}},
+        tags=["read"],
+    )
+    async def health() -> JSONResponse:
+        """Say whether the daemon works: predictor running, state folder writable, worker answering.
+
+        503 with the ``problems`` listed when it does not, so a load balancer or an orchestrator
+        that only reads the status code sees it too.
+        """
+        problems = daemon.problems()
+        doc = {
+            "status": "unhealthy" if problems else "healthy",
+            "service": SERVICE_NAME,
+            "running": daemon.running,
+            "problems": problems,
+        }
+        return JSONResponse(doc, status_code=503 if problems else 200)
 
     @app.get("/status", response_model=s.StatusResponse, tags=["read"])
-    async def status() -> Response:
-        """Return warm-up progress per server and for the fleet, counters and state-folder figures."""
-        doc = await anyio.to_thread.run_sync(daemon.status)
+    async def status(request: Request) -> Response:
+        """Return warm-up progress per server and for the fleet, counters and state-folder figures.
+
+        The state folder's path and the worker's process id are shown only to a reader with the
+        ``X-API-Key`` (to every reader when the daemon has no key).
+        """
+        private = key_matches(daemon.settings.api_key, request.headers.get(API_KEY_HEADER))
+        doc = await anyio.to_thread.run_sync(daemon.status, private)
         return JSONResponse(doc)
 
     @app.get(

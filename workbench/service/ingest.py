@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,12 +22,14 @@ import orjson
 import polars as pl
 
 from workbench import contract as c
-from workbench.errors import Issue
-from workbench.inference.window import WindowStore
+from workbench.errors import Issue, StateError
+from workbench.inference.window import IngestReport, WindowStore
 from workbench.records import validate_records
 from workbench.service.journal import Journal
 
 MAX_ISSUES_SHOWN = 1000
+DEFAULT_MAX_FUTURE_SECONDS = 300.0  # clock skew allowed to a client; more could move the fleet's "now"
+ARRIVAL_SAMPLE_SECONDS = 5.0  # resolution of idle eviction
 MAX_UNBOUNDED = 1e9  # a metric without an upper bound (MB/s, ms) is refused beyond this as absurd
 
 
@@ -100,6 +103,8 @@ class Counters:
     records_accepted: int = 0
     records_rejected: int = 0
     too_old: int = 0
+    evicted_idle: int = 0
+    evicted_capacity: int = 0
     bodies_refused: dict[int, int] = field(default_factory=dict)
 
 
@@ -130,7 +135,7 @@ class Ingestor:
         *,
         tick_count: int = 0,
         records: int = 0,
-        max_future_seconds: float | None = 86_400.0,
+        max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -143,34 +148,41 @@ class Ingestor:
         self.counters = Counters()
         self.stats = FleetStats()
         self.max_future_seconds = max_future_seconds
+        self.write_error: str | None = None  # the last failed log write, until one succeeds
+        self._arrivals: deque[tuple[float, int]] = deque()  # (wall clock, store tick), oldest first
         self._clock = clock
 
     def feed(self, records: Sequence[Any]) -> FeedOutcome:
         """Validate ``records``, store the valid ones durably, and say what happened to each."""
         batch = validate_records(records)
-        frame, rejected = self._service_limits(batch.frame, batch.accepted, batch.rejected)
-        too_old = 0
+        frame, kept, rejected = self._service_limits(batch.frame, batch.accepted, batch.rejected)
+        too_old = added = 0
         if frame.height:
             with self.lock:
-                seq = self.journal.append(frame) if self.journal is not None else 0
+                seq = self._append(frame)
                 report = self.store.ingest(frame)
+                dropped = self._dropped(frame, kept, report)
+                self._note_arrival()
                 self.tick_count += 1
                 self.records += frame.height
                 self.generation += 1
                 step = int(frame[c.TIMESTAMP].max().timestamp()) // c.STEP_SECONDS  # type: ignore[union-attr]
                 self.newest_step = max(self.newest_step, step)
                 servers = len(self.store.servers)
-            if self.journal is not None:
-                self.journal.sync(seq)
+            self._sync(seq)
             too_old = report.too_old
+            added = frame.height - len(dropped)
+            self.counters.evicted_capacity += len(report.evicted)
+            if dropped:
+                rejected = sorted([*rejected, *dropped], key=lambda i: (i.index or 0, i.field))
         else:
             servers = self.stats.servers
         bad = len({i.index for i in rejected})
-        self._count(frame.height, bad, too_old)
+        self._count(added, bad, too_old)
         stats = self.stats
         body = {
-            "status": "success" if not rejected else ("partial" if frame.height else "rejected"),
-            "records_added": frame.height,
+            "status": "success" if not rejected else ("partial" if added else "rejected"),
+            "records_added": added,
             "records_rejected": bad,
             "rejected": [i.to_dict() for i in rejected[:MAX_ISSUES_SHOWN]],
             "ignored_fields": batch.ignored_fields,
@@ -184,9 +196,78 @@ class Ingestor:
             body["rejected_truncated"] = len(rejected) - MAX_ISSUES_SHOWN
         return FeedOutcome(200 if not rejected else 422, body)
 
+    def _append(self, frame: pl.DataFrame) -> int:
+        """Log a batch (under the lock); a failure is remembered for ``/health`` until a write succeeds."""
+        if self.journal is None:
+            return 0
+        try:
+            seq = self.journal.append(frame)
+        except StateError as exc:
+            self.write_error = str(exc)
+            raise
+        self.write_error = None
+        return seq
+
+    def _sync(self, seq: int) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.sync(seq)
+        except OSError as exc:  # the batch is in the windows but perhaps not on disk: not acknowledged
+            self.write_error = f"cannot make the append log durable: {exc}"
+            raise StateError(f"{self.write_error}; the batch is not acknowledged, send it again") from exc
+
+    def _dropped(self, frame: pl.DataFrame, kept: list[int], report: IngestReport) -> list[Issue]:
+        """Issues for the rows the windows did not keep: older than their server's window, or no room.
+
+        Read under the lock right after :meth:`WindowStore.ingest`: a row is too old when its
+        step is a whole window before its server's newest step, as the store decided.
+        """
+        if not report.too_old and not report.refused:
+            return []
+        names = frame[c.SERVER].to_list()
+        last = self.store.last_steps(names)
+        steps = frame[c.TIMESTAMP].dt.epoch("s").to_numpy() // c.STEP_SECONDS
+        refused = set(report.refused)
+        out = []
+        for row, name in enumerate(names):
+            if name in refused:
+                reason = f"not stored: the daemon holds at most {self.store.max_servers} servers, all sending now"
+                out.append(Issue(kept[row], c.SERVER, name, reason))
+            elif steps[row] <= last[row] - self.store.capacity:
+                newest = c.step_time(int(last[row])).isoformat()
+                reason = f"not stored: more than {self.store.capacity} steps before this server's newest ({newest})"
+                out.append(Issue(kept[row], c.TIMESTAMP, frame[c.TIMESTAMP][row].isoformat(), reason))
+        return out
+
+    def _note_arrival(self) -> None:
+        """Remember (at most every few seconds) which store tick the wall clock had reached."""
+        now = self._clock()
+        if not self._arrivals or now - self._arrivals[-1][0] >= ARRIVAL_SAMPLE_SECONDS:
+            self._arrivals.append((now, self.store.tick))
+        else:
+            self._arrivals[-1] = (self._arrivals[-1][0], self.store.tick)
+
+    def evict_idle(self, idle_seconds: float) -> list[str]:
+        """Evict the servers that have sent nothing for ``idle_seconds`` of wall-clock time.
+
+        Idleness is measured against arrivals, not data time: a replay of last month's data is
+        as live as today's. Costs O(servers evicted) under the ingest lock.
+        """
+        cutoff = self._clock() - idle_seconds
+        tick = None
+        with self.lock:
+            while self._arrivals and self._arrivals[0][0] < cutoff:
+                tick = self._arrivals.popleft()[1]
+            evicted = self.store.evict_idle(tick + 1) if tick is not None else []
+            if evicted:
+                self.generation += 1
+        self.counters.evicted_idle += len(evicted)
+        return evicted
+
     def _service_limits(
         self, frame: pl.DataFrame, accepted: list[int], rejected: list[Issue]
-    ) -> tuple[pl.DataFrame, list[Issue]]:
+    ) -> tuple[pl.DataFrame, list[int], list[Issue]]:
         """Refuse what the contract allows but a live daemon must not store.
 
         A timestamp far in the future would make every other server look idle (and be evicted);
@@ -194,7 +275,7 @@ class Ingestor:
         the windows' sums to infinity.
         """
         if frame.height == 0:
-            return frame, rejected
+            return frame, accepted, rejected
         checks: list[tuple[str, pl.Expr, str]] = [
             (m.name, pl.col(m.name) > MAX_UNBOUNDED, f"implausibly large: at most {MAX_UNBOUNDED:g} {m.unit}")
             for m in c.METRICS
@@ -207,14 +288,15 @@ class Ingestor:
             checks.append((c.TIMESTAMP, pl.col(c.TIMESTAMP) > limit, reason))
         flags = frame.select(*(expr.fill_null(False).alias(str(k)) for k, (_, expr, _) in enumerate(checks)))
         if not flags.select(pl.any_horizontal(pl.all()).any()).item():
-            return frame, rejected
+            return frame, accepted, rejected
         issues = []
         for k, (column, _, reason) in enumerate(checks):
             rows = flags[str(k)].arg_true().to_list()
             values = frame[column].gather(rows).to_list()
             issues += [Issue(accepted[i], column, v, reason) for i, v in zip(rows, values, strict=True)]
-        kept = frame.filter(~flags.select(pl.any_horizontal(pl.all())).to_series())
-        return kept, sorted([*rejected, *issues], key=lambda i: (i.index or 0, i.field))
+        bad = flags.select(pl.any_horizontal(pl.all())).to_series()
+        kept = [accepted[i] for i in (~bad).arg_true().to_list()]
+        return frame.filter(~bad), kept, sorted([*rejected, *issues], key=lambda i: (i.index or 0, i.field))
 
     def _count(self, accepted: int, rejected: int, too_old: int) -> None:
         counters = self.counters

@@ -11,6 +11,7 @@ snapshot is safely on disk.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,39 +69,97 @@ def _entry(payload: bytes) -> bytes:
     return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+ARROW_MARK = b"\xff\xff\xff\xff"  # every Arrow IPC stream (an entry's payload) starts with it
+
+
+class SegmentHeaderError(StateError):
+    """A segment whose magic or header is missing or damaged.
+
+    Attributes:
+        holds_data: Whether valid entries follow the damage (acknowledged batches that a
+            start must not drop); ``False`` for the empty or half-written file a crash between
+            creating a segment and writing its header leaves.
+    """
+
+    def __init__(self, message: str, holds_data: bool) -> None:
+        super().__init__(message)
+        self.holds_data = holds_data
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes of a segment that :meth:`Segment.frames` could not read as entries.
+
+    Attributes:
+        offset: Byte where the unreadable span starts.
+        length: Bytes skipped.
+        kind: ``torn`` (an entry cut short at the end of the file: a crash during its write,
+            so never acknowledged) or ``corrupt`` (complete bytes that fail their checksum:
+            acknowledged data that was damaged afterwards).
+        records: Records the skipped entry held, read without its checksum (``None``: unreadable).
+    """
+
+    offset: int
+    length: int
+    kind: str
+    records: int | None = None
+
+
 class Segment:
-    """One segment file read back: its header, then its frames up to the first torn or damaged entry.
+    """One segment file read back: its header, then every entry that passes its checksum.
+
+    A damaged entry does not end the reading: the next valid entry after it is found (every
+    payload starts with the Arrow stream mark and carries a CRC), and the skipped bytes are
+    listed in :attr:`damage`. Nothing here changes the file.
 
     Args:
         path: The segment file.
 
     Raises:
-        StateError: when the file does not start with a valid header.
+        SegmentHeaderError: when the file does not start with a valid header.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._data = path.read_bytes()
-        if not self._data.startswith(MAGIC):
-            raise StateError(f"{path}: not a workbench log segment (bad magic)")
-        header = _payload_at(self._data, len(MAGIC))
+        header = _payload_at(self._data, len(MAGIC)) if self._data.startswith(MAGIC) else None
         if header is None:
-            raise StateError(f"{path}: damaged segment header")
-        self.header: dict[str, Any] = json.loads(header)
+            what = "bad magic" if not self._data.startswith(MAGIC) else "damaged segment header"
+            holds = _next_entry(self._data, 0) is not None
+            size = f"{len(self._data)} bytes" + (", with valid entries after it" if holds else ", no entries")
+            raise SegmentHeaderError(f"{path}: not a workbench log segment ({what}; {size})", holds)
+        try:
+            self.header: dict[str, Any] = json.loads(header)
+        except ValueError as exc:
+            raise SegmentHeaderError(f"{path}: unreadable segment header: {exc}", True) from exc
         self._start = len(MAGIC) + FRAME.size + len(header)
-        self.valid_bytes = self._start
-        self.torn_bytes = 0
+        self.damage: list[Damage] = []
 
     def frames(self) -> Iterator[pl.DataFrame]:
-        """Yield the batches in order; afterwards ``valid_bytes`` and ``torn_bytes`` say where it stopped."""
+        """Yield the readable batches in order; afterwards :attr:`damage` lists what was skipped."""
         data, pos = self._data, self._start
+        self.damage = []
         while pos < len(data):
             payload = _payload_at(data, pos)
             if payload is None:
-                break
+                following = _next_entry(data, pos + 1)
+                end = len(data) if following is None else following
+                kind = "torn" if following is None and _cut_short(data, pos) else "corrupt"
+                self.damage.append(Damage(pos, end - pos, kind, _records_unchecked(data, pos, end)))
+                pos = end
+                continue
             yield pl.read_ipc_stream(io.BytesIO(payload))
             pos += FRAME.size + len(payload)
-        self.valid_bytes, self.torn_bytes = pos, len(data) - pos
+
+    @property
+    def torn_bytes(self) -> int:
+        """Bytes of an entry cut short at the end (never acknowledged; 0 when none)."""
+        return sum(d.length for d in self.damage if d.kind == "torn")
+
+    @property
+    def corrupt(self) -> list[Damage]:
+        """Spans of acknowledged data that fail their checksum."""
+        return [d for d in self.damage if d.kind == "corrupt"]
 
 
 def _payload_at(data: bytes, pos: int) -> bytes | None:
@@ -110,6 +170,46 @@ def _payload_at(data: bytes, pos: int) -> bytes | None:
     if length == 0 or len(payload) != length or zlib.crc32(payload) != crc:
         return None
     return payload
+
+
+def _next_entry(data: bytes, start: int) -> int | None:
+    """The first position at or after ``start`` where a whole, valid entry begins."""
+    mark = data.find(ARROW_MARK, start + FRAME.size)
+    while mark >= 0:
+        pos = mark - FRAME.size
+        if _payload_at(data, pos) is not None:
+            return pos
+        mark = data.find(ARROW_MARK, mark + 1)
+    return None
+
+
+def scan_entries(data: bytes, start: int = 0) -> Iterator[bytes]:
+    """Yield the payload of every valid entry at or after ``start``, skipping whatever is damaged."""
+    pos = _next_entry(data, start)
+    while pos is not None:
+        payload = _payload_at(data, pos)
+        assert payload is not None
+        yield payload
+        following = pos + FRAME.size + len(payload)
+        pos = following if _payload_at(data, following) is not None else _next_entry(data, following)
+
+
+def _cut_short(data: bytes, pos: int) -> bool:
+    """Whether the entry at ``pos`` runs past the end of the file (what a crash mid-write leaves)."""
+    if pos + FRAME.size > len(data):
+        return True
+    length, _ = FRAME.unpack_from(data, pos)
+    return pos + FRAME.size + length > len(data)
+
+
+def _records_unchecked(data: bytes, pos: int, end: int) -> int | None:
+    """Rows of a damaged entry when its payload still parses (its checksum failed), else ``None``."""
+    try:
+        return pl.read_ipc_stream(io.BytesIO(data[pos + FRAME.size : end])).height
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 (any parse failure, a Rust panic included, means: unknown)
+        return None
 
 
 class Journal:
@@ -135,17 +235,25 @@ class Journal:
         self._synced = 0  # entries known to be on disk
         self._broken: str | None = None
         self.segment = first_segment
+        self._next = first_segment + 1
         self.segment_bytes = 0
         self._fd = self._create(first_segment)
 
     def _create(self, number: int) -> int:
+        """Create segment ``number`` with its header; a failure removes the half-made file and raises ``OSError``."""
         path = segment_path(self.directory, number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         head = MAGIC + _entry(json.dumps({**self.header, "segment": number}).encode())
-        _write_all(fd, head)
-        if self.fsync:
-            os.fsync(fd)
-            fsync_dir(self.directory)
+        try:
+            _write_all(fd, head)
+            if self.fsync:
+                os.fsync(fd)
+                fsync_dir(self.directory)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):  # a file without a whole header holds nothing acknowledged
+                path.unlink()
+            raise
         self.segment_bytes = len(head)
         return fd
 
@@ -187,13 +295,29 @@ class Journal:
             self._synced = target
 
     def rotate(self) -> int:
-        """Close the current segment and start the next one (call under the ingest lock); return its number."""
+        """Start the next segment (call under the ingest lock) and return its number.
+
+        The next file is made before the current one is closed, so a failure (a full disk)
+        leaves the journal writing where it was; numbers only grow, so a failed number is
+        never reused for a file that could be confused with it.
+
+        Raises:
+            StateError: when the next segment cannot be created.
+        """
         with self._sync_lock:
+            self._next = max(self._next, self.segment + 1)
+            number, self._next = self._next, self._next + 1
+            previous_bytes = self.segment_bytes
+            try:
+                fd = self._create(number)
+            except OSError as exc:
+                self.segment_bytes = previous_bytes
+                raise StateError(f"cannot start log segment {number}: {exc}") from exc
+            old = self._fd
             if self.fsync:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self.segment += 1
-            self._fd = self._create(self.segment)
+                os.fsync(old)
+            os.close(old)
+            self._fd, self.segment = fd, number
             self._synced = self._written
         return self.segment
 

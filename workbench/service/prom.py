@@ -195,7 +195,14 @@ class WorkbenchCollector(Collector):
         yield _counter("workbench_feed_batches", "Batches with at least one accepted record", counts.batches)
         yield _counter("workbench_records_accepted", "Records accepted and logged", counts.records_accepted)
         yield _counter("workbench_records_rejected", "Records refused by validation", counts.records_rejected)
-        yield _counter("workbench_records_too_old", "Accepted samples older than the windows", counts.too_old)
+        too_old = "Samples not stored: older than their server's window"
+        yield _counter("workbench_records_too_old", too_old, counts.too_old)
+        yield _labelled_counter(
+            "workbench_servers_evicted",
+            "Servers dropped from the windows: idle (silent past the idle bound) or capacity (LRU at max servers)",
+            "reason",
+            {"idle": counts.evicted_idle, "capacity": counts.evicted_capacity},
+        )
         yield _labelled_counter(
             "workbench_feed_bodies_refused", "Feed bodies refused before validation", "code", counts.bodies_refused
         )

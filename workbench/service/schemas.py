@@ -208,6 +208,7 @@ class HealthResponse(BaseModel):
     status: Literal["healthy", "unhealthy"]
     service: str
     running: bool
+    problems: list[str] = []
 
 
 class StatusResponse(BaseModel):

@@ -92,7 +92,11 @@ class InferenceSettings:
         fsync: ``os.fsync`` the log before each acknowledgement (survives power loss, not only a crash).
         max_body_bytes: Largest ``POST /feed/data`` body; larger ones get 413.
         max_records: Most records in one body; more get 413.
-        max_future_seconds: Refuse timestamps this far ahead of the daemon's clock (``None``: no limit).
+        max_future_seconds: Refuse timestamps this far ahead of the daemon's clock (``None``: no
+            limit): the clock skew allowed to a client.
+        idle_seconds: Evict a server that has sent nothing for this long (wall clock).
+        worker_reply_seconds: Longest wait for the forecast worker's answer before it is killed and
+            started again.
         batch_size: Servers per network call (``None``: the engine's default for the device).
         max_gap_steps: Longest gap carried forward before a server's warm-up restarts.
         max_servers: Most servers held.
@@ -123,7 +127,9 @@ class InferenceSettings:
     fsync: bool = True
     max_body_bytes: int = 8 * MiB
     max_records: int = 20_000
-    max_future_seconds: float | None = 86_400.0
+    max_future_seconds: float | None = 300.0
+    idle_seconds: float = 86_400.0
+    worker_reply_seconds: float = 120.0
     batch_size: int | None = None
     max_gap_steps: int = c.MAX_GAP_STEPS
     max_servers: int = 100_000
@@ -145,7 +151,7 @@ class InferenceSettings:
             problems.append(f"device={self.device!r}; allowed: cpu, cuda, cuda:N (default: CUDA when present)")
         if self.interval is not None:
             problems += _positive("interval", self.interval)
-        for name in ("poll_seconds", "snapshot_seconds"):
+        for name in ("poll_seconds", "snapshot_seconds", "idle_seconds", "worker_reply_seconds"):
             problems += _positive(name, getattr(self, name))
         for name in ("snapshot_log_bytes", "max_body_bytes", "max_records", "max_servers"):
             problems += _integer(name, getattr(self, name), 1)

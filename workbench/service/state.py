@@ -7,22 +7,26 @@ Layout of ``state_dir``::
     snapshot-00000007.npz     the windows as plain numpy arrays (np.savez, loaded without pickle)
     snapshot.json             the commit point: which snapshot, which segment to replay from,
                               contract, bundle identity, server names, counters
+    damaged/                  files set aside by recovery or `workbench state repair`, and
+                              ledger.jsonl saying what each held and what was lost
 
 A snapshot is taken at the start of a fresh segment: everything before that segment is in it.
 Files are written to a temporary name, fsynced and renamed, and ``snapshot.json`` is renamed
 last, so a crash at any moment leaves either the old or the new snapshot in force, with every
-segment it needs still present. Recovery loads the snapshot, replays the later segments, cuts a
-torn tail off the newest one and starts a new segment.
+segment it needs still present. Recovery loads the snapshot, replays the later segments (going
+on past a damaged entry, counted), and starts a new segment; it never cuts or deletes a file:
+what it cannot use goes to ``damaged/`` (:mod:`workbench.service.state_aside`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -33,10 +37,11 @@ from workbench import contract as c
 from workbench.errors import StateError
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
-from workbench.service.journal import Journal, Segment, fsync_dir, segment_path, segments
+from workbench.service.journal import Journal, Segment, SegmentHeaderError, fsync_dir, segment_path, segments
+from workbench.service.state_aside import REPAIR_HINT, accepted_gaps, aside_segments, keep_copy, set_aside
 
 SNAPSHOT_META = "snapshot.json"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: windows keep their servers in arrival order (LRU) with arrival ticks
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +77,9 @@ class Recovered:
         records: Records accepted over the life of the state folder.
         snapshot_segment: Segment the snapshot covered up to (``None``: no snapshot).
         replayed_batches: Batches replayed from the log.
-        truncated_bytes: Bytes of a torn final entry that were cut.
+        truncated_bytes: Bytes of torn final entries (never acknowledged) that were skipped.
+        damage: Every unreadable span of the log: segment, offset, length, kind, records.
+        set_aside: Files moved to ``damaged/`` on this start (they held nothing acknowledged).
     """
 
     store: WindowStore
@@ -81,6 +88,25 @@ class Recovered:
     snapshot_segment: int | None = None
     replayed_batches: int = 0
     truncated_bytes: int = 0
+    damage: list[dict[str, Any]] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)
+
+    @property
+    def lost_entries(self) -> int:
+        """Acknowledged batches that could not be read back (checksum failures)."""
+        return sum(1 for d in self.damage if d["kind"] == "corrupt")
+
+    def to_json(self) -> dict[str, Any]:
+        """What the start recovered, for ``/status``."""
+        return {
+            "snapshot_segment": self.snapshot_segment,
+            "replayed_batches": self.replayed_batches,
+            "torn_bytes_skipped": self.truncated_bytes,
+            "lost_batches": self.lost_entries,
+            "lost_records_at_least": sum(d["records"] or 0 for d in self.damage if d["kind"] == "corrupt"),
+            "damage": self.damage[:20],
+            "set_aside": self.set_aside,
+        }
 
 
 class StateDir:
@@ -122,32 +148,71 @@ class StateDir:
     def recover(self, empty: Callable[[], WindowStore]) -> tuple[Recovered, Journal]:
         """Rebuild the windows from the snapshot and the log, and open a new log segment.
 
+        A segment without a valid header that holds no entries (a crash between creating it
+        and writing its header) is moved to ``damaged/``; an entry that fails its checksum is
+        skipped and counted, the segment copied to ``damaged/`` as evidence, and reading
+        goes on with the next valid entry; no file is ever cut or deleted here.
+
         Args:
             empty: Makes an empty store (used when there is no snapshot).
 
         Raises:
-            StateError: for a snapshot or segment of another contract or bundle, or damage
-                anywhere but at the end of the newest segment.
+            StateError: for a snapshot or segment of another contract or bundle, a damaged
+                snapshot, a header-less segment that holds entries, or records that only a
+                missing ``snapshot.json`` could reach (each names ``workbench state repair``).
         """
         out = self._load_snapshot(empty)
-        numbers = [n for n in segments(self.directory) if out.snapshot_segment is None or n >= out.snapshot_segment]
-        for k, number in enumerate(numbers):
-            segment = Segment(segment_path(self.directory, number))
-            self._check(str(segment.path), segment.header)
+        present = segments(self.directory)
+        numbers = [n for n in present if out.snapshot_segment is None or n >= out.snapshot_segment]
+        self._check_log_start(out, numbers)
+        for number in numbers:
+            path = segment_path(self.directory, number)
+            try:
+                segment = Segment(path)
+            except SegmentHeaderError as exc:
+                if exc.holds_data:
+                    raise StateError(f"{exc}; {REPAIR_HINT.format(dir=self.directory)}") from exc
+                out.set_aside.append(set_aside(self.directory, path, "no valid header and no entries"))
+                log.warning("%s: no valid header and no entries (a crash while creating it); set aside", path)
+                continue
+            self._check(str(path), segment.header)
             for frame in segment.frames():
                 out.store.ingest(frame)
                 out.replayed_batches += 1
                 out.tick_count += 1
                 out.records += frame.height
-            if segment.torn_bytes:
-                where = f"{segment.path}: damaged entry at byte {segment.valid_bytes}"
-                if k != len(numbers) - 1:
-                    raise StateError(f"{where}, before later segments")
-                log.warning("%s; cutting %d torn bytes (never acknowledged)", where, segment.torn_bytes)
-                os.truncate(segment.path, segment.valid_bytes)
-                out.truncated_bytes = segment.torn_bytes
-        first = max([*segments(self.directory), 0]) + 1
+            self._note_damage(segment, out)
+        first = max([*present, *aside_segments(self.directory), 0]) + 1
         return out, Journal(self.directory, self.header, fsync=self.fsync, first_segment=first)
+
+    def _note_damage(self, segment: Segment, out: Recovered) -> None:
+        out.damage += [{"segment": segment.path.name, **dataclasses.asdict(d)} for d in segment.damage]
+        out.truncated_bytes += segment.torn_bytes
+        if segment.torn_bytes:
+            log.warning("%s: %d torn bytes at the end (a write cut short, never acknowledged) skipped",
+                        segment.path, segment.torn_bytes)  # fmt: skip
+        if segment.corrupt:
+            copy = keep_copy(self.directory, segment.path, "entries failing their checksum")
+            for d in segment.corrupt:
+                held = "unknown" if d.records is None else str(d.records)
+                log.error(
+                    "%s: %d bytes at byte %d fail their checksum: one acknowledged batch (%s records) is LOST; "
+                    "reading went on after it; the segment is copied to %s",
+                    segment.path, d.length, d.offset, held, copy,
+                )  # fmt: skip
+
+    def _check_log_start(self, out: Recovered, numbers: list[int]) -> None:
+        """Refuse a log that starts after segment 1 with no snapshot in force to hold what came before."""
+        if out.snapshot_segment is not None or not numbers or numbers[0] == 1:
+            return
+        missing = set(range(1, numbers[0])) - set(aside_segments(self.directory)) - accepted_gaps(self.directory)
+        if missing:
+            snapshots = sorted(p.name for p in self.directory.glob("snapshot-*.npz"))
+            where = f" ({', '.join(snapshots)} is not in force)" if snapshots else ""
+            raise StateError(
+                f"{self.directory}: no {SNAPSHOT_META}, yet the log starts at segment {numbers[0]}: the records "
+                f"before it are only in a snapshot{where}; {REPAIR_HINT.format(dir=self.directory)}"
+            )
 
     def _load_snapshot(self, empty: Callable[[], WindowStore]) -> Recovered:
         meta_path = self.directory / SNAPSHOT_META
@@ -155,17 +220,21 @@ class StateDir:
             return Recovered(store=empty())
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StateError(f"{meta_path}: unreadable snapshot description: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{meta_path}: unreadable snapshot description: {exc}; "
+                             f"{REPAIR_HINT.format(dir=self.directory)}") from exc  # fmt: skip
         self._check(str(meta_path), meta)
         file = self.directory / str(meta.get("file"))
         try:
-            with np.load(file, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-            store = WindowStore.from_state(arrays)
-        except (OSError, ValueError, KeyError) as exc:
-            raise StateError(f"{file}: unreadable window snapshot: {exc}") from exc
-        return Recovered(store, int(meta["tick_count"]), int(meta["records"]), int(meta["segment"]))
+            store = load_window_snapshot(file)
+            return Recovered(store, int(meta["tick_count"]), int(meta["records"]), int(meta["segment"]))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 (zip, zlib, numpy and shape errors all mean: damaged)
+            raise StateError(
+                f"{file}: damaged window snapshot ({type(exc).__name__}: {exc}); "
+                f"{REPAIR_HINT.format(dir=self.directory)}"
+            ) from exc
 
     def write_snapshot(self, segment: int, state: dict[str, np.ndarray], counters: dict[str, int]) -> Path:
         """Write the windows as of the start of ``segment``, then make it the snapshot in force.
@@ -209,14 +278,25 @@ class StateDir:
         self._lock_file.close()
 
 
+def load_window_snapshot(file: Path) -> WindowStore:
+    """Read a window snapshot (plain numpy arrays, no pickle); any damage raises."""
+    with np.load(file, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    return WindowStore.from_state(arrays)
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        if fsync:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written copy (a full disk) must not linger
+        raise
     if fsync:
         fsync_dir(path.parent)
 

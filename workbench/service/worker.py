@@ -38,6 +38,7 @@ from workbench.service.documents import Published
 
 NICE = 10  # under CPU contention the request path gets ~90 % of a core, the model the rest
 START_TIMEOUT_SECONDS = 300.0  # importing torch and loading a bundle on a cold, loaded box
+DEFAULT_REPLY_SECONDS = 120.0  # a forecast of 100,000 servers on 2 CPU cores takes well under this
 log = logging.getLogger(__name__)
 
 
@@ -108,10 +109,15 @@ class ForecastProcess:
 
     Args:
         config: What the worker builds.
+        reply_seconds: Longest wait for one forecast; a worker silent for longer (hung, stopped,
+            swapping) is killed and started again, and counted in :attr:`hangs`.
     """
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, reply_seconds: float = DEFAULT_REPLY_SECONDS) -> None:
         self.config = config
+        self.reply_seconds = reply_seconds
+        self.hangs = 0
+        self._busy_since: float | None = None
         self.starts = 0
         self._lock = threading.Lock()
         self._ready = False
@@ -165,11 +171,20 @@ class ForecastProcess:
                 if not self._ready:
                     self._await_ready()
                 send_frames(self._conn, {"op": "forecast", "version": version}, dict(state))
+                self._busy_since = time.monotonic()
+                if not self._conn.poll(self.reply_seconds):
+                    self._kill()
+                    self.hangs += 1
+                    raise WorkerError(
+                        f"the forecast worker did not answer in {self.reply_seconds:g} s; killed, it starts again"
+                    )
                 header, blobs = recv_frames(self._conn)
             except (EOFError, OSError) as exc:
                 code = self._process.poll() if self._process is not None else None
                 self._stop()
                 raise WorkerError(f"the forecast worker died (exit code {code}): {exc or type(exc).__name__}") from exc
+            finally:
+                self._busy_since = None
         if "error" in header:
             raise WorkerError(header["error"])
         return Published(
@@ -180,6 +195,22 @@ class ForecastProcess:
             metrics=blobs["metrics"],
             seconds=float(header["seconds"]),
         )
+
+    def stalled(self) -> str | None:
+        """Say so when the current forecast has waited longer than :attr:`reply_seconds` (else ``None``)."""
+        since = self._busy_since
+        if since is None or time.monotonic() - since <= self.reply_seconds:
+            return None
+        return f"the forecast worker has not answered for {time.monotonic() - since:.0f} s"
+
+    def _kill(self) -> None:
+        """Kill a worker that does not answer (SIGKILL works on a stopped process too)."""
+        conn, process, self._conn, self._process = self._conn, self._process, None, None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            process.kill()
+            process.wait()
 
     def _await_ready(self) -> None:
         assert self._conn is not None
@@ -208,8 +239,8 @@ class ForecastProcess:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                process.terminate()
-                process.wait(timeout)
+                process.kill()  # a stopped or hung worker ignores SIGTERM
+                process.wait()
 
 
 def _main(conn: Connection) -> None:
