@@ -126,7 +126,7 @@ real-model: $(STAMP) $(REAL_DATA)/metrics  ## train models/real on Bitbrains (re
 $(REAL_MODEL)/model.safetensors: | $(STAMP) $(REAL_DATA)/metrics
 	$(MAKE) real-model
 
-real-report: $(STAMP) $(REAL_DATA)/metrics $(REAL_MODEL)/model.safetensors  ## score models/real on its held-out VMs next to the baselines and MSTL into reports/ (about 40 min)
+real-report: $(STAMP) $(REAL_DATA)/metrics $(REAL_MODEL)/model.safetensors  ## score models/real on its held-out VMs next to the baselines and MSTL into reports/ (about 10 min)
 	$(VENV)/bin/workbench report 07_real_data -p bundle $(REAL_MODEL) -p data $(REAL_DATA) -p progress False
 
 clean:  ## remove the virtual environment and generated data (keeps the committed demo model)

@@ -270,6 +270,9 @@ BASELINES: dict[str, Forecaster] = {
 DEFAULT_BASELINES: tuple[str, ...] = ("seasonal_naive", "last_value", "predict_linear")  # the cheap rules
 
 
+PARALLEL_MSTL_SERIES = 32
+
+
 def mstl_seasons(length: int) -> tuple[int, ...]:
     """Return the seasons MSTL fits on ``length`` steps: daily, and weekly from two weeks on."""
     return (SEASON_STEPS, WEEK_STEPS) if length >= 2 * WEEK_STEPS else (SEASON_STEPS,)
@@ -310,7 +313,8 @@ def _statsforecast_mstl(series: np.ndarray, horizon: int, seasons: tuple[int, ..
         stl_kwargs=STL_KWARGS,
         alias=model.name,
     )
-    out = StatsForecast(models=[mstl], freq=1, n_jobs=1).forecast(df=frame, h=horizon, level=[MSTL_LEVEL])
+    jobs = -1 if len(series) >= PARALLEL_MSTL_SERIES else 1  # a process pool pays off from a few dozen series
+    out = StatsForecast(models=[mstl], freq=1, n_jobs=jobs).forecast(df=frame, h=horizon, level=[MSTL_LEVEL])
     assert isinstance(out, pd.DataFrame)  # a pandas frame in gives a pandas frame out
     out = out.sort_values(["unique_id", "ds"], kind="stable")
     columns = [f"{model.name}-lo-{MSTL_LEVEL}", model.name, f"{model.name}-hi-{MSTL_LEVEL}"]

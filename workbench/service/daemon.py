@@ -248,20 +248,25 @@ class InferenceDaemon:
         return out
 
     def close(self) -> None:
-        """Stop the forecast worker, take a final snapshot, close the log and release the state folder (idempotent)."""
-        if self.worker is not None:
-            self.worker.close()
-        if self.alertmanager is not None:
-            self.alertmanager.close()
-        if self.state_dir is None:
-            return
+        """Take a final snapshot, close the log, release the state folder, then stop the worker (idempotent).
+
+        The snapshot comes first: a supervisor that kills after a grace period (Docker's 10 s)
+        must not find it skipped behind a worker still finishing a forecast.
+        """
         try:
-            self.snapshot()
+            if self.state_dir is not None:
+                try:
+                    self.snapshot()
+                finally:
+                    if self.ingestor.journal is not None:
+                        self.ingestor.journal.close()
+                    self.state_dir.close()
+                    self.state_dir = None
         finally:
-            if self.ingestor.journal is not None:
-                self.ingestor.journal.close()
-            self.state_dir.close()
-            self.state_dir = None
+            if self.worker is not None:
+                self.worker.close(timeout=3.0)
+            if self.alertmanager is not None:
+                self.alertmanager.close()
 
     def history(self, server: str, steps: int) -> dict[str, Any] | None:
         """Return the ``GET /history/{server}`` document, or ``None`` for an unknown server.
