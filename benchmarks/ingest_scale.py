@@ -3,7 +3,8 @@
 Fills an :class:`~workbench.service.ingest.Ingestor` (the code under the daemon's global ingest
 lock: validate, log, add to the windows) to each fleet size, then times three feeds many times:
 one record of a known server, a 1,000-record step of known servers, and 100 new servers (which,
-at ``--max-servers``, each evict the least recently sent one). Prints p50/p99 per size and the
+at ``--max-servers``, each evict the least recently sent one); and the warm-up read behind
+``/status`` (every server's history length: O(servers), shown for scale). Prints p50/p99 per size and the
 ratio of the largest size to the smallest; the issue's target is p99 within 2x.
 
     .venv/bin/python benchmarks/ingest_scale.py [--sizes 1000 100000] [--repeats 200] [--capacity 96]
@@ -63,6 +64,7 @@ def measure(size: int, capacity: int, repeats: int) -> dict[str, tuple[float, fl
             lambda k: ingestor.feed(records([f"new{k}-{i}" for i in range(100)], T0 + (k + 1) * step)), repeats
         ),
     }
+    out["/status warm-up read (all servers' histories)"] = timed(lambda k: ingestor.store.histories(), 20)
     assert len(ingestor.store.servers) == size
     return out
 

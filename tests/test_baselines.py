@@ -61,6 +61,18 @@ def test_constant_gives_last_value_zero_error():
     assert np.all(fc.quantiles == 42.0)
 
 
+def test_daily_median_is_the_last_days_median_flat_and_needs_a_whole_day():
+    t = np.arange(2 * SEASON_STEPS)
+    series = np.where(t % 2 == 0, 10.0, 30.0)
+    series[-SEASON_STEPS:] += np.linspace(0, 1, SEASON_STEPS)  # the last day's median is 20.5
+    fc = BASELINES["daily_median"].forecast(panel(np.stack([series, series])))
+    expected = np.median(series[-SEASON_STEPS:])
+    assert fc.source == "daily_median"
+    np.testing.assert_allclose(fc.quantiles[:, 0, :, 1], expected)
+    short = BASELINES["daily_median"].forecast(panel(series[None, : SEASON_STEPS - 1]))
+    assert short.servers == [] and short.warming_up == {"ppweb000": SEASON_STEPS - 1}
+
+
 def test_predict_linear_is_least_squares_over_the_last_hour_evaluated_after_the_last_sample():
     rng = np.random.default_rng(0)
     series = 40 + rng.normal(0, 3, size=100)

@@ -306,7 +306,9 @@ def test_overflowing_offsets_and_conflicting_aliases_are_refused_per_record():
     assert batch.accepted == [3]
     reasons = {i.index: i.reason for i in batch.rejected}
     assert "must lie between" in reasons[0] and "must lie between" in reasons[1]
-    assert "conflicts with 'cpu_pct'" in reasons[2]
+    assert "conflicts with cpu_pct=42.0" in reasons[2]
+    same = validate_records([{**record("e", "2025-01-01T00:00:00Z"), "cpu_percent": 42.0}])
+    assert same.rejected == [] and same.frame["cpu_pct"].to_list() == [42.0]  # agreeing aliases are fine
 
 
 def test_state_check_of_a_healthy_folder_passes(tmp_path, steps):

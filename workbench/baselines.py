@@ -14,6 +14,8 @@ Rules (``T`` is the last observed step, ``h = 1 … horizon``):
 
 * ``seasonal_naive``: ``y[T + h - 288]`` (the same time yesterday; needs 288 steps of history);
 * ``last_value``: ``y[T]``;
+* ``daily_median``: the median of ``y[T - 287 … T]``, flat: the level of the last day without its
+  shape (the bar a flat median forecast must clear; needs 288 steps);
 * ``predict_linear``: Prometheus' ``predict_linear(v[1h], h * 300)``: the ordinary least-squares
   line through the last hour's 12 samples against their timestamps, evaluated ``h`` steps after
   the last sample (needs the 12 samples).
@@ -27,6 +29,7 @@ prediction interval. It needs two days of history (two daily cycles for the STL)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -142,6 +145,24 @@ def seasonal_naive_paths(values: np.ndarray, ends: np.ndarray, horizon: int) -> 
 def last_value_paths(values: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:
     """Return ``y[e]`` repeated over the horizon for each origin index ``e``."""
     return np.repeat(_gather(values, ends[:, None]), horizon, axis=2)
+
+
+def daily_median_paths(values: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:
+    """Return the median of the day up to each origin index ``e``, flat over the horizon."""
+    idx = ends[:, None] - (SEASON_STEPS - 1) + np.arange(SEASON_STEPS)[None, :]  # (k, 288)
+    window = _gather(values, idx)  # (n, k, 288, m)
+    median = nan_median(window, axis=2)
+    median[np.isnan(window).any(axis=2)] = np.nan  # a rule without its whole day does not forecast
+    return np.repeat(median[:, :, None, :], horizon, axis=2)
+
+
+def nan_median(values: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmedian`` without its all-NaN warning (the result is NaN there), empty arrays included."""
+    if values.size == 0:
+        return np.full(np.delete(values.shape, axis), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=axis)
 
 
 def predict_linear_paths(values: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:
@@ -264,6 +285,7 @@ class MstlEts:
 BASELINES: dict[str, Forecaster] = {
     "seasonal_naive": Baseline("seasonal_naive", seasonal_naive_paths, SEASON_STEPS),
     "last_value": Baseline("last_value", last_value_paths, 1),
+    "daily_median": Baseline("daily_median", daily_median_paths, SEASON_STEPS),
     "predict_linear": Baseline("predict_linear", predict_linear_paths, LINEAR_WINDOW_STEPS),
     MSTL_NAME: MstlEts(),
 }
@@ -402,7 +424,7 @@ def residual_band(values: np.ndarray, rule: Rule, horizon: int, origins: int) ->
     first = max(0, t - 1 - (origins + horizon - 1))
     ends = np.arange(first, t - 1)
     out = np.zeros((n, horizon, m, 2))
-    if len(ends) == 0:
+    if len(ends) == 0 or n == 0:  # no origin with a known outcome, or no server ready
         return out
     target = ends[:, None] + 1 + np.arange(horizon)[None, :]  # (k, H)
     known = target <= t - 1

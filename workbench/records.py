@@ -90,8 +90,10 @@ class _Checker:
                 self.ignored.add(str(key))
                 continue
             position = _POSITION[name]
-            if given[position] is not None:
-                issues.append(Issue(index, str(key), value, f"conflicts with {given[position]!r}: both name {name}"))
+            if given[position] is not None:  # an alias beside its canonical name: they must agree
+                if value != raw[given[position]]:
+                    conflict = f"conflicts with {given[position]}={raw[given[position]]!r}: both give {name}"
+                    issues.append(Issue(index, str(key), value, conflict))
                 continue
             given[position] = key
             bounds = _BOUNDS.get(name)

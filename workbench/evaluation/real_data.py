@@ -42,7 +42,7 @@ from workbench.model.bundle import Bundle
 
 BUSY_METRIC = "cpu_pct"
 GROUPS = ("all", "busy", "idle")
-REAL_BASELINES: tuple[str, ...] = (*DEFAULT_BASELINES, MSTL_NAME)
+REAL_BASELINES: tuple[str, ...] = (*DEFAULT_BASELINES, "daily_median", MSTL_NAME)
 MASE_RATIO_TARGET = 0.85
 BUSY_MASE_RATIO_TARGET = 1.0
 

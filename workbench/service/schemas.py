@@ -65,7 +65,7 @@ def record_schema() -> dict[str, Any]:
         **{m.name: _metric_schema(m) for m in c.METRICS},
     }
     for alias, name in c.ALIASES.items():
-        props[alias] = {**props[name], "description": f"alias of {name}"}
+        props[alias] = {**props[name], "description": f"alias of {name} (both in one record must agree)"}
     return {
         "type": "object",
         "required": [c.TIMESTAMP, c.SERVER],
