@@ -39,6 +39,7 @@ def filled(size: int, capacity: int) -> Ingestor:
 
 
 def timed(feed, repeats: int) -> tuple[float, float]:
+    feed(repeats)  # warm-up: numba kernels compile on their first call
     seconds = []
     for k in range(repeats):
         started = time.perf_counter()
@@ -79,7 +80,7 @@ def main() -> None:
     small, large = min(results), max(results)
     print(f"feed latency (ms, p50 / p99), {args.repeats} feeds each, window of {args.capacity} steps")
     for case in results[small]:
-        cells = "  ".join(f"{size:>7,}: {p50:7.2f} / {p99:7.2f}" for size, (p50, p99) in results.items())
+        cells = "  ".join(f"{size:>7,}: {res[case][0]:7.2f} / {res[case][1]:7.2f}" for size, res in results.items())
         ratio = results[large][case][1] / results[small][case][1]
         print(f"  {case:<40} {cells}   p99 x{ratio:.2f}")
 

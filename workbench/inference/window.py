@@ -245,6 +245,11 @@ class WindowStore:
         return int(self._sum.nbytes + self._cnt.nbytes + self._max.nbytes)
 
     @property
+    def server_count(self) -> int:
+        """Servers currently held (O(1), unlike ``len(servers)``)."""
+        return len(self._index)
+
+    @property
     def servers(self) -> list[str]:
         """Servers currently held."""
         return list(self._index)

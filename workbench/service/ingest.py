@@ -168,7 +168,7 @@ class Ingestor:
                 self.generation += 1
                 step = int(frame[c.TIMESTAMP].max().timestamp()) // c.STEP_SECONDS  # type: ignore[union-attr]
                 self.newest_step = max(self.newest_step, step)
-                servers = len(self.store.servers)
+                servers = self.store.server_count
             self._sync(seq)
             too_old = report.too_old
             added = frame.height - len(dropped)
