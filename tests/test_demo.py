@@ -1,5 +1,6 @@
 """The demo's supervisor, driven with trivial child processes, and the demo's settings and command lines."""
 
+import json
 import signal
 import socket
 import subprocess
@@ -178,6 +179,9 @@ def test_demo_children_wire_the_three_services_together():
     assert "--port 9102" in board_argv and board.ready_method == "HEAD" and "--notebook" not in board_argv
     nb = demo_children(DemoSettings(notebook=Path("x.ipynb")))[2]
     assert list(nb.argv[-2:]) == ["--notebook", "x.ipynb"]
+    # by default the history is the bundle's window: older steps would only be refused as too old
+    window = json.loads((Path("models/demo") / "dataset.json").read_text())["max_encoder_length"]
+    assert f"--history {window} " in " ".join(demo_children(DemoSettings())[1].argv)
 
 
 def test_demo_settings_refuse_bad_values_naming_them():

@@ -10,6 +10,7 @@ and exits 0; a child that dies stops the others and exits non-zero with its log'
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +45,8 @@ class DemoSettings:
         servers: Simulated fleet size.
         seed: Seed of the simulated fleet.
         tick: Wall-clock seconds per 5-minute step.
-        history: Steps sent at once before streaming (warm-up in seconds; 0: warm up live).
+        history: Steps sent at once before streaming (warm-up in seconds; 0: warm up live;
+            ``None``: the bundle's window, all the daemon keeps; older steps would be refused).
         scenario: Scenario at the start.
         log_dir: Folder of the children's logs.
         notebook: Dashboard notebook (``None``: the dashboard command's default).
@@ -62,7 +64,7 @@ class DemoSettings:
     servers: int = 12
     seed: int = 0
     tick: float = 5.0
-    history: int = 288
+    history: int | None = None
     scenario: str = "healthy"
     log_dir: Path = Path("state/demo/logs")
     notebook: Path | None = None
@@ -82,7 +84,7 @@ class DemoSettings:
             problems.append(f"the three ports must differ, got {sorted(ports.values())}")
         if not isinstance(self.servers, int) or not 1 <= self.servers <= 100_000:
             problems.append(f"servers={self.servers!r} must be an integer in [1, 100000]")
-        if not isinstance(self.history, int) or not 0 <= self.history <= 100_000:
+        if self.history is not None and (not isinstance(self.history, int) or not 0 <= self.history <= 100_000):
             problems.append(f"history={self.history!r} must be an integer in [0, 100000]")
         for name in ("tick", "start_timeout", "grace"):
             value = getattr(self, name)
@@ -100,6 +102,14 @@ class DemoSettings:
         return f"http://{self.host}:{port}"
 
 
+def bundle_window(bundle: Path, default: int = 288) -> int:
+    """Steps of history the bundle reads (``dataset.json``, no torch); ``default`` when unreadable."""
+    try:
+        return int(json.loads((bundle / "dataset.json").read_text())["max_encoder_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def demo_children(settings: DemoSettings) -> list[ChildSpec]:
     """Return the three :class:`~workbench.service.supervisor.ChildSpec` of the demo, in start order."""
     from workbench.service.supervisor import ChildSpec
@@ -109,7 +119,8 @@ def demo_children(settings: DemoSettings) -> list[ChildSpec]:
     daemon, generator, dashboard = s.url(s.daemon_port), s.url(s.generator_port), s.url(s.dashboard_port)
     serve = [*cli, "serve", "--bundle", str(s.bundle), "--host", s.host, "--port", str(s.daemon_port), "--no-state"]
     stream = [*cli, "stream", "--target", daemon, "--servers", str(s.servers), "--seed", str(s.seed)]
-    stream += ["--tick", str(s.tick), "--history", str(s.history), "--scenario", s.scenario]
+    history = s.history if s.history is not None else bundle_window(s.bundle)
+    stream += ["--tick", str(s.tick), "--history", str(history), "--scenario", s.scenario]
     stream += ["--host", s.host, "--port", str(s.generator_port)]
     board = [*cli, "dashboard", "--host", s.host, "--port", str(s.dashboard_port), "--daemon", daemon]
     board += ["--generator", generator, "--no-open"]
@@ -219,10 +230,9 @@ _PATH = click.Path(path_type=Path)
 @click.option(
     "--history",
     type=click.IntRange(0, 100_000),
-    default=288,
-    show_default=True,
+    default=None,
     metavar="STEPS",
-    help="Steps of past data sent at once, so TFT forecasts appear within seconds.",
+    help="Steps of past data sent at once, so TFT forecasts appear within seconds (default: the bundle's window).",
 )
 @click.option("--scenario", type=click.Choice(SCENARIO_NAMES), default="healthy", show_default=True)
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address every service binds.")
