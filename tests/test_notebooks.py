@@ -226,7 +226,7 @@ def test_real_data_notebook_scores_a_bundle_trained_on_bitbrains(tmp_path, tiny_
         fan_servers=1,
         progress=False,
     )
-    models = {"tft", "seasonal_naive", "last_value", "predict_linear", "mstl_ets"}
+    models = {"tft", "seasonal_naive", "last_value", "daily_median", "predict_linear", "mstl_ets"}
     assert metrics["servers"] == 3 and metrics["origins"] == 2 and metrics["targets"] == real_targets.split(",")
     assert metrics["busy_servers"] >= 1 and metrics["idle_servers"] >= 1
     assert metrics["busy_servers"] + metrics["idle_servers"] == 3 and len(metrics["holdout"]["busy"]) >= 1
