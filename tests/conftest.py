@@ -44,3 +44,13 @@ def tiny_bundle_dir(tiny_fleet, tmp_path_factory) -> Path:
         warnings.simplefilter("ignore")
         bundle = train(tiny_fleet, TrainConfig.preset("tiny"), progress=False)
     return save_bundle(bundle, tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def steps():
+    """5 simulated servers x 72 steps, one contract frame per step: the batches of the log and recovery tests."""
+    from workbench import contract as c
+    from workbench.simulator import generate
+
+    frame = generate(5, 0.25, seed=2)
+    return [part for _, part in frame.group_by(c.TIMESTAMP, maintain_order=True)]

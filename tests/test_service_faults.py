@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from test_service_journal import IDENTITY, empty
 
 from workbench import contract as c
 from workbench.cli import main
@@ -23,19 +24,6 @@ from workbench.service.journal import MAGIC, Journal, segment_path, segments
 from workbench.service.state import SNAPSHOT_META, StateDir
 from workbench.service.state_aside import ledger
 from workbench.service.state_check import inspect, repair
-from workbench.simulator import generate
-
-IDENTITY = {"name": "b", "sha256": "abc", "targets": list(c.METRIC_NAMES), "max_encoder_length": 24}
-
-
-@pytest.fixture(scope="module")
-def steps() -> list[pl.DataFrame]:
-    frame = generate(5, 0.25, seed=2)  # 72 steps of 5 servers
-    return [part for _, part in frame.group_by(c.TIMESTAMP, maintain_order=True)]
-
-
-def empty() -> WindowStore:
-    return WindowStore(24, c.METRIC_NAMES)
 
 
 def write_log(directory, frames, *, rotate_after=None):

@@ -10,15 +10,8 @@ from workbench import contract as c
 from workbench.inference.window import WindowStore
 from workbench.service.journal import MAGIC, Journal, Segment, StateError, segment_path, segments
 from workbench.service.state import SNAPSHOT_META, StateDir
-from workbench.simulator import generate
 
 IDENTITY = {"name": "b", "sha256": "abc", "targets": list(c.METRIC_NAMES), "max_encoder_length": 24}
-
-
-@pytest.fixture(scope="module")
-def steps() -> list[pl.DataFrame]:
-    frame = generate(5, 0.25, seed=2)  # 72 steps of 5 servers
-    return [part for _, part in frame.group_by(c.TIMESTAMP, maintain_order=True)]
 
 
 def empty() -> WindowStore:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
+
+from workbench.errors import Issue
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -43,6 +45,15 @@ def key_matches(expected: str | None, key: str | None) -> bool:
     if expected is None:
         return True
     return key is not None and hmac.compare_digest(key.encode(), expected.encode())
+
+
+class BodyError(ValueError):
+    """A request body that cannot be read (a feed, a scenario): its HTTP status and issues say why."""
+
+    def __init__(self, status: int, message: str, issues: Sequence[Issue] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.issues = list(issues)
 
 
 class BodyTooLarge(Exception):

@@ -31,8 +31,7 @@ from fastapi.responses import JSONResponse
 from workbench import contract as c
 from workbench.errors import ConfigError
 from workbench.service import schemas as s
-from workbench.service.common import API_KEY_HEADER, BodyTooLarge, api_key_guard, read_body
-from workbench.service.ingest import BodyError
+from workbench.service.common import API_KEY_HEADER, BodyError, BodyTooLarge, api_key_guard, read_body
 from workbench.service.settings import GeneratorSettings
 from workbench.simulator import SCENARIO_NAMES, FleetStream
 

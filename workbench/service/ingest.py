@@ -25,21 +25,13 @@ from workbench import contract as c
 from workbench.errors import Issue, StateError
 from workbench.inference.window import IngestReport, WindowStore
 from workbench.records import validate_records
+from workbench.service.common import BodyError
 from workbench.service.journal import Journal
 
 MAX_ISSUES_SHOWN = 1000
 DEFAULT_MAX_FUTURE_SECONDS = 300.0  # clock skew allowed to a client; more could move the fleet's "now"
 ARRIVAL_SAMPLE_SECONDS = 5.0  # resolution of idle eviction
 MAX_UNBOUNDED = 1e9  # a metric without an upper bound (MB/s, ms) is refused beyond this as absurd
-
-
-class BodyError(ValueError):
-    """A request body that cannot be read as a feed: its HTTP status and issues say why."""
-
-    def __init__(self, status: int, message: str, issues: Sequence[Issue] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.issues = list(issues)
 
 
 def parse_body(body: bytes, max_records: int) -> list[Any]:

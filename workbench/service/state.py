@@ -38,7 +38,7 @@ from workbench.errors import StateError
 from workbench.inference.window import WindowStore
 from workbench.model.bundle import Bundle
 from workbench.service.journal import Journal, Segment, SegmentHeaderError, fsync_dir, segment_path, segments
-from workbench.service.state_aside import REPAIR_HINT, accepted_gaps, aside_segments, keep_copy, set_aside
+from workbench.service.state_aside import REPAIR_HINT, aside_segments, keep_copy, set_aside, unaccounted_before
 
 SNAPSHOT_META = "snapshot.json"
 STATE_FORMAT = 2  # 2: windows keep their servers in arrival order (LRU) with arrival ticks
@@ -126,7 +126,7 @@ class StateDir:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.identity = identity
         self.fsync = fsync
-        self._lock_file = _lock(self.directory / "LOCK")
+        self._lock_file = lock_folder(self.directory / "LOCK")
         self.header = {
             "format": STATE_FORMAT,
             "contract_version": c.CONTRACT_VERSION,
@@ -205,8 +205,7 @@ class StateDir:
         """Refuse a log that starts after segment 1 with no snapshot in force to hold what came before."""
         if out.snapshot_segment is not None or not numbers or numbers[0] == 1:
             return
-        missing = set(range(1, numbers[0])) - set(aside_segments(self.directory)) - accepted_gaps(self.directory)
-        if missing:
+        if unaccounted_before(self.directory, numbers[0]):
             snapshots = sorted(p.name for p in self.directory.glob("snapshot-*.npz"))
             where = f" ({', '.join(snapshots)} is not in force)" if snapshots else ""
             raise StateError(
@@ -245,7 +244,7 @@ class StateDir:
             counters: ``tick_count`` and ``records`` at that moment.
         """
         file = self.directory / f"snapshot-{segment:08d}.npz"
-        _atomic_write(file, lambda fh: np.savez(fh, allow_pickle=False, **state), fsync=self.fsync)
+        atomic_write(file, lambda fh: np.savez(fh, allow_pickle=False, **state), fsync=self.fsync)
         names = [str(n) for n in state["names"] if n]
         meta = {
             **self.header,
@@ -258,7 +257,7 @@ class StateDir:
             "created": datetime.now(UTC).isoformat(),
         }
         text = json.dumps(meta, indent=1).encode()
-        _atomic_write(self.directory / SNAPSHOT_META, lambda fh: fh.write(text), fsync=self.fsync)
+        atomic_write(self.directory / SNAPSHOT_META, lambda fh: fh.write(text), fsync=self.fsync)
         self._cleanup(segment, file.name)
         return file
 
@@ -285,7 +284,8 @@ def load_window_snapshot(file: Path) -> WindowStore:
     return WindowStore.from_state(arrays)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool) -> None:
+    """Write ``path`` through a fsynced temporary file and a rename (no half-written file is ever left)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -301,7 +301,8 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool)
         fsync_dir(path.parent)
 
 
-def _lock(path: Path) -> IO[bytes]:
+def lock_folder(path: Path) -> IO[bytes]:
+    """Hold an exclusive advisory lock on ``path`` (the state folder's LOCK) until the returned file is closed."""
     fh = open(path, "ab")  # noqa: SIM115 (held open for the daemon's lifetime)
     try:
         import fcntl

@@ -81,6 +81,11 @@ def ledger(directory: Path) -> list[dict[str, Any]]:
     return out
 
 
+def unaccounted_before(directory: Path, first: int) -> set[int]:
+    """Segments before ``first`` that are neither set aside nor given up by a repair: records only a snapshot held."""
+    return set(range(1, first)) - set(aside_segments(directory)) - accepted_gaps(directory)
+
+
 def accepted_gaps(directory: Path) -> set[int]:
     """Segment numbers whose loss a repair accepted (their records are gone, and said so)."""
     gaps: set[int] = set()

@@ -22,8 +22,8 @@ import polars as pl
 
 from workbench.errors import StateError
 from workbench.service.journal import Segment, SegmentHeaderError, scan_entries, segment_path, segments
-from workbench.service.state import SNAPSHOT_META, _atomic_write, _lock, load_window_snapshot
-from workbench.service.state_aside import accepted_gaps, aside_segments, record, set_aside
+from workbench.service.state import SNAPSHOT_META, atomic_write, load_window_snapshot, lock_folder
+from workbench.service.state_aside import record, set_aside, unaccounted_before
 
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{8})\.npz$")
 
@@ -101,8 +101,7 @@ def inspect(directory: Path) -> FolderReport:
         report.segments.append(_inspect_segment(segment_path(directory, number), report))
     readable = [n for n, s in zip(numbers, report.segments, strict=True) if s.header != "missing"]
     if report.snapshot in ("none", "description missing") and readable and readable[0] > 1:
-        missing = set(range(1, readable[0])) - set(aside_segments(directory)) - accepted_gaps(directory)
-        if missing:
+        if unaccounted_before(directory, readable[0]):
             report.refusals.append(
                 f"no {SNAPSHOT_META}, yet the log starts at segment {readable[0]}: "
                 "what came before is only in a snapshot"
@@ -165,7 +164,7 @@ def repair(directory: Path) -> list[str]:
     """
     if not directory.is_dir():
         raise StateError(f"{directory}: no such state folder")
-    lock = _lock(directory / "LOCK")
+    lock = lock_folder(directory / "LOCK")
     try:
         done: list[str] = []
         before = inspect(directory)
@@ -239,7 +238,7 @@ def _rebuild_description(directory: Path) -> list[str]:
         "created": "rebuilt by workbench state repair",
         "counters_reset": True,
     }
-    _atomic_write(directory / SNAPSHOT_META, lambda fh: fh.write(json.dumps(meta, indent=1).encode()), fsync=True)
+    atomic_write(directory / SNAPSHOT_META, lambda fh: fh.write(json.dumps(meta, indent=1).encode()), fsync=True)
     record(directory, "rebuilt", SNAPSHOT_META, f"from {newest.name} and {path.name}'s header; counters restart at 0")
     return [f"rebuilt {SNAPSHOT_META} from {newest.name} and {path.name}'s header (batch and record counters restart)"]
 
