@@ -29,14 +29,17 @@ def small_disk(tmp_path):
 
 
 def fill(folder) -> None:
-    with open(folder / "filler", "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-        os.fsync(fh.fileno())
+    """Write until the disk is full, unbuffered, so no failed tail is flushed again on close."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
 
 
 def test_a_full_disk_answers_503_turns_health_red_and_recovers_without_loss(tmp_path, small_disk, tiny_bundle_dir):
