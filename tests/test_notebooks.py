@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from workbench.data import read_incidents
+from workbench.reporting import declared_parameters
 from workbench.simulator import INCIDENT_TYPES
 
 papermill = pytest.importorskip("papermill")
@@ -147,7 +148,7 @@ def test_model_size_notebook_measures_every_candidate_and_picks_one(tmp_path, cr
     ],
 )
 def test_evaluation_notebooks_declare_their_parameters(name, expected):
-    declared = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
+    declared = set(declared_parameters(NOTEBOOKS / f"{name}.ipynb"))
     assert expected | {"seed", "metrics_path"} <= declared
 
 

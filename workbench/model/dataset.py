@@ -126,7 +126,7 @@ class DatasetSpec:
         )
         for t in self.targets:
             for kind in ("center", "scale"):
-                scalers[f"{t}_{kind}"] = _fitted_scaler(*self.scale_moments[t][kind])
+                scalers[f"{t}_{kind}"] = _fitted_scaler(f"{t}_{kind}", *self.scale_moments[t][kind])
         profile_encoder = NaNLabelEncoder(add_nan=False).fit(pd.Series(self.profiles))
         return {
             "time_idx": TIME_IDX,
@@ -173,8 +173,11 @@ def _moments(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), std if std > 1e-12 else 1.0
 
 
-def _fitted_scaler(mean: float, std: float) -> StandardScaler:
+def _fitted_scaler(column: str, mean: float, std: float) -> StandardScaler:
     scaler = StandardScaler()
+    # pytorch-forecasting transforms a one-column frame named after the column: naming the
+    # feature as a fit on that frame would keeps sklearn from warning on every transform.
+    scaler.feature_names_in_ = np.array([column], dtype=object)
     scaler.mean_ = np.array([mean])
     scaler.var_ = np.array([std * std])
     scaler.scale_ = np.array([std])

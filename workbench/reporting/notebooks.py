@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import io
+import json
 import re
+import tokenize
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import papermill
 
 from workbench.errors import ConfigError
 
@@ -50,10 +51,15 @@ def available_notebooks(notebooks_dir: str | Path) -> list[Path]:
 def find_notebook(name: str, notebooks_dir: str | Path) -> Path:
     """Return the notebook called ``name``, with or without its number prefix (``03_evaluate`` or ``evaluate``).
 
+    A path to an existing ``.ipynb`` file (``notebooks/03_evaluate.ipynb``) is taken as it is.
+
     Raises:
         ConfigError: when no notebook or several match; the message lists the available ones.
     """
-    stem = name.removesuffix(".ipynb")
+    given = Path(name)
+    if given.suffix == ".ipynb" and given.is_file():
+        return given
+    stem = given.name.removesuffix(".ipynb")
     found = available_notebooks(notebooks_dir)
     exact = [p for p in found if p.stem == stem]
     matches = exact or [p for p in found if _PREFIX.sub("", p.stem) == stem]
@@ -65,16 +71,63 @@ def find_notebook(name: str, notebooks_dir: str | Path) -> Path:
 
 
 def declared_parameters(notebook: str | Path) -> dict[str, Parameter]:
-    """Read the parameters a notebook declares (papermill's ``inspect_notebook``), in cell order."""
-    found = papermill.inspect_notebook(str(notebook))
+    """Read the parameters a notebook declares in its ``parameters`` cell, in cell order.
+
+    Every top-level assignment to a plain name counts, annotated or not and whatever its
+    default (papermill's own reader skips lines it cannot match, such as ``x: str = ""``).
+
+    Raises:
+        ConfigError: when the notebook cannot be read or its parameters cell is not valid Python.
+    """
+    source = _parameters_source(Path(notebook))
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ConfigError(f"{notebook}: the parameters cell is not valid Python: {exc}") from None
+    comments = _line_comments(source)
     declared: dict[str, Parameter] = {}
-    for name, info in found.items():
-        kind = str(info.get("inferred_type_name") or "")
-        default = str(info.get("default") or "")
-        if kind not in _PARSERS:
-            kind = _literal_type(default)
-        declared[name] = Parameter(name, kind, default, str(info.get("help") or ""))
+    for node in tree.body:
+        target, annotation, value = _assignment(node)
+        if target is None or value is None:
+            continue
+        default = ast.get_source_segment(source, value) or ""
+        kind = annotation if annotation in _PARSERS else _literal_type(default)
+        declared[target] = Parameter(target, kind, default, comments.get(node.end_lineno or node.lineno, ""))
     return declared
+
+
+def _parameters_source(notebook: Path) -> str:
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{notebook}: not a readable notebook: {exc}") from None
+    for cell in cells:
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            text = cell.get("source", "")
+            return "".join(text) if isinstance(text, list) else str(text)
+    return ""
+
+
+def _assignment(node: ast.stmt) -> tuple[str | None, str, ast.expr | None]:
+    """Return (name, annotation, value) of ``name = value`` or ``name: T = value``; None otherwise."""
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        annotation = node.annotation.id if isinstance(node.annotation, ast.Name) else ""
+        return node.target.id, annotation, node.value
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id, "", node.value
+    return None, "", None
+
+
+def _line_comments(source: str) -> dict[int, str]:
+    """Return each line's trailing comment text, by line number."""
+    found: dict[int, str] = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                found[token.start[0]] = token.string.lstrip("#").strip()
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return found
 
 
 def parse_parameters(declared: Mapping[str, Parameter], pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
