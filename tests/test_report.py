@@ -166,3 +166,40 @@ def test_generate_notebook_report_with_tiny_parameters(tmp_path, monkeypatch):
     assert metrics["rows"] == 3 * 288 and metrics["servers"] == 3
     assert (folder / "01_generate_data.html").stat().st_size > 10_000
     assert "01_generate_data" in (reports / "index.html").read_text()
+
+
+def _parameters_cell(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return "".join(tagged[0]["source"]) if tagged else ""
+
+
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_parameter_of_every_notebook_is_listed_and_settable(notebook):
+    source = _parameters_cell(notebook)
+    namespace: dict = {}
+    exec(source, {}, namespace)  # the cell's own values: what the notebook really declares
+    values = {k: v for k, v in namespace.items() if not k.startswith("__")}
+    declared = declared_parameters(notebook)
+    assert list(declared) == list(values)
+    for name, value in values.items():
+        parameter = declared[name]
+        if isinstance(value, bool | int | float | str):
+            assert parameter.type == type(value).__name__, parameter
+        given = "true" if value is True else "false" if value is False else str(value)
+        assert parse_parameters(declared, [(name, given)]) == {name: value}
+    listed = CliRunner().invoke(main, ["report", str(notebook), "--list-parameters"])
+    assert listed.exit_code == 0, listed.output
+    assert [line.split(":")[0].split(" =")[0] for line in listed.output.splitlines()] == list(values)
+
+
+def test_parameters_papermill_cannot_read_are_still_declared(probe_dir):
+    notebook = probe_dir / "07_probe.ipynb"
+    nb = json.loads(notebook.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    cell["source"] = 'targets: str = ""  # comma-separated; empty = all\nplot_server = ""\nlimit: int = 3\n'
+    notebook.write_text(json.dumps(nb))
+    declared = declared_parameters(notebook)
+    assert declared["targets"] == Parameter("targets", "str", '""', "comma-separated; empty = all")
+    assert declared["plot_server"].type == "str" and declared["limit"].default == "3"
+    assert parse_parameters(declared, [("targets", "cpu_pct,mem_pct")]) == {"targets": "cpu_pct,mem_pct"}
