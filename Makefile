@@ -14,7 +14,7 @@ REAL_DATA ?= data/bitbrains
 REAL_MODEL ?= models/real
 REAL_TARGETS := cpu_pct,mem_pct,disk_io_mb_s,net_in_mb_s,net_out_mb_s
 
-.PHONY: help install browser prometheus lint format test test-fast demo demo-forecast demo-model model model-uniform calibrate report warning-benchmark size-study real-data real-model real-report clean
+.PHONY: help install browser prometheus lint format test test-fast lab demo demo-forecast demo-model model model-uniform calibrate report warning-benchmark size-study real-data real-model real-report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,16 @@ test: lint browser prometheus  ## lint, then the whole test suite (slow end-to-e
 
 test-fast: $(STAMP)  ## the test suite without the slow end-to-end tests
 	$(VENV)/bin/pytest -m "not slow"
+
+# The file browser shows notebooks/, but kernels start in the repo root, as `workbench report` (papermill) runs
+# them, so the parameters' relative paths (data/demo, models/reference, ...) resolve the same. No browser
+# is opened without a display: open the URL with the token that Lab prints. As root (a container), Lab
+# refuses to start without --allow-root (SUDO is empty for root).
+LAB_PORT ?= 8888
+lab: $(STAMP)  ## open JupyterLab on the notebooks (http://127.0.0.1:8888/lab; Ctrl-C stops it)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+		--ServerApp.root_dir=notebooks --MappingKernelManager.root_dir='$(CURDIR)' \
+		$(if $(DISPLAY),,--no-browser) $(if $(SUDO),,--allow-root)
 
 $(DEMO_DIR)/metrics:
 	$(VENV)/bin/workbench generate --servers 12 --days 4 --seed 7 --out $(DEMO_DIR) --overwrite
