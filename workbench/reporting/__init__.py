@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from workbench.reporting.compare import Comparison, compare_runs, flatten_metrics, load_run, render
+    from workbench.reporting.html import export_html
     from workbench.reporting.index import read_runs, write_index
     from workbench.reporting.notebooks import Parameter, declared_parameters, find_notebook, parse_parameters
-    from workbench.reporting.runner import ReportRun, export_html, run_report
+    from workbench.reporting.runner import ReportRun, run_report
     from workbench.reports import write_metrics
 
 _WHERE = {
@@ -22,7 +23,7 @@ _WHERE = {
     "ReportRun": "workbench.reporting.runner",
     "compare_runs": "workbench.reporting.compare",
     "declared_parameters": "workbench.reporting.notebooks",
-    "export_html": "workbench.reporting.runner",
+    "export_html": "workbench.reporting.html",
     "find_notebook": "workbench.reporting.notebooks",
     "flatten_metrics": "workbench.reporting.compare",
     "load_run": "workbench.reporting.compare",

@@ -17,6 +17,7 @@ _RUN_ONLY = {
     "notebooks_dir": "--notebooks-dir",
     "list_parameters": "--list-parameters",
     "progress": "--progress/--no-progress",
+    "with_code": "--with-code",
 }
 _COMPARE_ONLY = {"only": "--only", "changed": "--changed", "fmt": "--format", "out": "--out"}
 
@@ -38,6 +39,7 @@ _COMPARE_ONLY = {"only": "--only", "changed": "--changed", "fmt": "--format", "o
 @click.option("--kernel", default="python3", show_default=True, help="Jupyter kernel that runs the notebook.")
 @click.option("--list-parameters", is_flag=True, help="Print the notebook's parameters and exit.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show papermill's progress bar.")
+@click.option("--with-code", is_flag=True, help="Show the code cells in the HTML report (hidden by default).")
 @click.option(
     "--only",
     multiple=True,
@@ -65,6 +67,7 @@ def report(
     kernel: str,
     list_parameters: bool,
     progress: bool,
+    with_code: bool,
     only: tuple[str, ...],
     changed: bool,
     fmt: str,
@@ -73,7 +76,8 @@ def report(
     """Run notebook NAME (e.g. 03_evaluate or evaluate) into REPORTS_DIR/NAME/<UTC time>/.
 
     \b
-    The run folder gets the executed notebook, an HTML export and the notebook's metrics.json;
+    The run folder gets the executed notebook, an HTML report (prose, tables and figures; the
+    code with --with-code) and the notebook's metrics.json;
     REPORTS_DIR/index.html lists every run. The run folder is passed to the notebook as
     out_dir and metrics_path when it declares them and -p leaves them out.
     Example: workbench report 03_evaluate -p bundle models/reference -p data data/reference
@@ -107,6 +111,7 @@ def report(
         notebooks_dir=notebooks_dir,
         kernel_name=kernel,
         progress=progress,
+        with_code=with_code,
     )
     where = run.folder / run.files.get("html", run.files.get("notebook", ""))
     if not run.ok:

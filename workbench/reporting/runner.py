@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import papermill
-from nbconvert import HTMLExporter
 
+from workbench.reporting.html import export_html
 from workbench.reporting.index import RUN_FILE, write_index
 from workbench.reporting.notebooks import declared_parameters, find_notebook, parse_parameters
 
@@ -75,10 +75,11 @@ def run_report(
     kernel_name: str = "python3",
     progress: bool = True,
     cwd: str | Path | None = None,
+    with_code: bool = False,
 ) -> ReportRun:
     """Execute notebook ``name`` with ``parameters`` into a new run folder and refresh the index.
 
-    The run folder holds the executed notebook, its HTML export (no prompts), the notebook's
+    The run folder holds the executed notebook, its HTML export (figures and tables, code hidden), the notebook's
     ``metrics.json`` and ``run.json``. A failed run keeps its partial notebook and is listed in
     ``reports/index.html`` as failed.
 
@@ -91,6 +92,7 @@ def run_report(
         progress: Show papermill's progress bar.
         cwd: Working directory of the kernel (relative paths in parameters resolve from it);
             the current directory by default.
+        with_code: Show the code cells in the HTML export (hidden by default).
 
     Returns:
         The run's record; ``status`` says whether it succeeded.
@@ -129,23 +131,17 @@ def run_report(
         run.status, run.error = "failed", _describe(exc)
     finally:
         run.seconds = round(time.perf_counter() - began, 2)
-        _finish(run, output, {**values, **injected}, Path(reports_dir), wall)
+        _finish(run, output, {**values, **injected}, Path(reports_dir), wall, with_code)
     return run
 
 
-def export_html(notebook: Path, out: Path) -> Path:
-    """Export an executed notebook as standalone HTML without input/output prompts."""
-    exporter = HTMLExporter(exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_filename(str(notebook))
-    out.write_text(body, encoding="utf-8")
-    return out
-
-
-def _finish(run: ReportRun, output: Path, values: dict[str, Any], reports_dir: Path, since: float) -> None:
+def _finish(
+    run: ReportRun, output: Path, values: dict[str, Any], reports_dir: Path, since: float, with_code: bool
+) -> None:
     if output.is_file():
         run.files["notebook"] = output.name
         try:
-            run.files["html"] = export_html(output, output.with_suffix(".html")).name
+            run.files["html"] = export_html(output, output.with_suffix(".html"), with_code=with_code).name
         except Exception as exc:  # an export failure must not hide the run's own outcome
             log.warning("HTML export of %s failed: %s", output, exc)
     metrics = _collect_metrics(run.folder, values, since)
