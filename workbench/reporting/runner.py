@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 # Parameters that receive the run folder when the notebook declares them and the caller leaves them out.
 RUN_DIR_PARAMETERS = {"metrics_path": METRICS_FILE, "out_dir": ""}
+# The kernel's own log (a loopback "running over TCP without encryption" warning at start, a
+# "KeyboardInterrupt caught" at shutdown) is noise on the report's terminal; a cell's errors and a
+# dead kernel still reach the run through the notebook client.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 @dataclass
@@ -122,6 +126,7 @@ def run_report(
             kernel_name=kernel_name,
             progress_bar=progress,
             cwd=str(Path(cwd) if cwd is not None else Path.cwd()),
+            extra_arguments=KERNEL_ARGUMENTS,
         )
         run.status = "ok"
     except KeyboardInterrupt:
