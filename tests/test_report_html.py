@@ -12,7 +12,14 @@ import pytest
 from test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS, chromium_or_fail
 
 from workbench.reporting import read_runs, run_report
-from workbench.reporting.html import PLOTLY_MIME, WIDGET_STATE_MIME, WIDGET_VIEW_MIME, count_figures, report_notebook
+from workbench.reporting.html import (
+    PLOTLY_MIME,
+    WIDGET_STATE_MIME,
+    WIDGET_VIEW_MIME,
+    count_figures,
+    export_html,
+    report_notebook,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FAKE_REQUIREJS = "window.define = function () {}; window.define.amd = {};"
@@ -110,10 +117,8 @@ def test_a_report_draws_every_figure_table_and_final_bar_without_code(tmp_path, 
     assert "steps: 100%" in text and "3/3" in text and "0/3" not in text
     assert "import plotly" not in text and "Warning" not in text
 
-    with_code = run_report(
-        "probe", reports_dir=reports, notebooks_dir=probe_dir, progress=False, cwd=tmp_path, with_code=True
-    )
-    assert "import plotly" in rendered(with_code.folder / with_code.files["html"])["text"]
+    with_code = export_html(run.folder / run.files["notebook"], tmp_path / "with_code.html", with_code=True)
+    assert "import plotly" in rendered(with_code)["text"]
 
 
 @pytest.mark.slow
