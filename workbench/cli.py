@@ -19,6 +19,8 @@ from workbench.dashboard.launch import dashboard_command
 from workbench.demo import demo_command
 from workbench.early_warning.cli import calibrate_incidents
 from workbench.errors import WorkbenchError
+from workbench.forecast_cli import emit
+from workbench.forecast_cli import forecast as forecast_command
 from workbench.reporting.cli import report as report_command
 from workbench.service.cli import serve as serve_command
 from workbench.service.cli import stream as stream_command
@@ -27,9 +29,7 @@ from workbench.service.state_cli import state as state_command
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
 if TYPE_CHECKING:
-    import polars as pl
-
-    from workbench.inference.forecast import Forecast
+    pass
 
 _PATH = click.Path(path_type=Path)
 
@@ -97,12 +97,18 @@ def generate(
     The incidents' ground truth (server, type, precursor start, onset, peak, end) is written
     beside the metrics as OUT/incidents.parquet.
     """
-    from workbench.data import write_incidents, write_parquet
+    from workbench.data import METRICS_DIR, write_incidents, write_parquet
     from workbench.simulator import BatchRun, incident_counts, make_fleet
 
     began = time.perf_counter()
     run = BatchRun(make_fleet(servers, seed), days, scenario=scenario, start=start.replace(tzinfo=UTC))
-    path = write_parquet(run.frames(progress=progress), out, overwrite=overwrite)
+    try:
+        path = write_parquet(run.frames(progress=progress), out, overwrite=overwrite)
+    except FileExistsError as exc:
+        if overwrite or Path(exc.filename or "") != out / METRICS_DIR:
+            raise
+        # the library's wording names its keyword argument (overwrite=True); name the flag instead
+        raise click.ClickException(f"dataset already exists: {exc.filename} (pass --overwrite to replace it)") from exc
     incidents = run.incidents()
     write_incidents(incidents, path)
     took = time.perf_counter() - began
@@ -130,7 +136,20 @@ def generate(
 )
 @click.option("--holdout-days", type=click.FloatRange(min=0, min_open=True), help="Leave out the last days for tests.")
 @click.option("--holdout-servers", metavar="F", help="Leave out servers: a fraction in (0, 1) or a count (seeded).")
-@click.option("--log-dir", type=_PATH, help="Write Lightning CSV logs here.")
+@click.option("--log-dir", type=_PATH, show_default="OUT/logs", help="Folder of the training logs (TensorBoard, CSV).")
+@click.option(
+    "--mlflow-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    metavar="URI",
+    help="Log the run to this MLflow tracking server as well (needs mlflow; env MLFLOW_TRACKING_URI).",
+)
+@click.option(
+    "--mlflow-experiment",
+    envvar="MLFLOW_EXPERIMENT_NAME",
+    default="workbench",
+    show_default=True,
+    help="MLflow experiment of the run (env MLFLOW_EXPERIMENT_NAME).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the training progress bar.")
 def train(
     data: Path,
@@ -142,6 +161,8 @@ def train(
     holdout_days: float | None,
     holdout_servers: str | None,
     log_dir: Path | None,
+    mlflow_uri: str | None,
+    mlflow_experiment: str,
     progress: bool,
 ) -> None:
     """Train a multi-target TFT on DATA and save it as a safetensors + JSON bundle in OUT.
@@ -150,10 +171,12 @@ def train(
     --holdout-servers, a test period and a profile-stratified set of test servers are left out
     and recorded in OUT/training.json for the evaluation. Settings are listed in
     ``workbench.model.TrainConfig``; any of them can be given with --set or in --config.
+    The run is logged for TensorBoard in OUT/logs (``tensorboard --logdir OUT/logs``) and,
+    with --mlflow-uri, to MLflow; OUT/training.json says where (``logs``).
     """
     from workbench.data import read_frame, read_incidents
     from workbench.model import TrainConfig, save_bundle
-    from workbench.model.train import is_main_process
+    from workbench.model.tracking import Tracking, is_main_process
     from workbench.model.train import train as fit
 
     settings: dict[str, Any] = dict(yaml.safe_load(config_file.read_text()) or {}) if config_file else {}
@@ -171,7 +194,8 @@ def train(
         share = parse_test_servers(holdout_servers)
         holdout = make_holdout(frame, test_days=holdout_days, test_servers=share, seed=config.seed)
     incidents = read_incidents(data) if config.sampling == "incidents" else None
-    bundle = fit(frame, config, holdout=holdout, incidents=incidents, progress=progress, log_dir=log_dir)
+    tracking = Tracking.for_bundle(out, log_dir=log_dir, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
+    bundle = fit(frame, config, holdout=holdout, incidents=incidents, progress=progress, tracking=tracking)
     if not is_main_process():  # the other ranks of a distributed run leave the bundle to rank 0
         return
     path = save_bundle(bundle, out)
@@ -188,6 +212,11 @@ def train(
         )
     if holdout is not None:
         click.echo(f"held out {len(holdout.test_servers)} servers and everything from {holdout.test_start.isoformat()}")
+    logs = t.get("logs", {})
+    if "view" in logs:
+        click.echo(f"training logs: {logs['view']}")
+    if "mlflow" in logs:
+        click.echo(f"MLflow run {logs['mlflow']['run_id']} in {logs['mlflow']['tracking_uri']}")
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -201,147 +230,13 @@ def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 @main.command()
-@click.option("--bundle", type=_PATH, required=True, help="Bundle folder written by `workbench train`.")
-@click.option("--data", type=_PATH, required=True, help="Recent contract rows (parquet folder/file or CSV).")
-@click.option("--server", "servers", multiple=True, help="Only these servers (repeatable; default: all).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json", "parquet"]),
-    default="table",
-    show_default=True,
-    help="table: a summary per server and metric; csv/parquet: every step; json: the REST shape.",
-)
-@click.option("--out", type=_PATH, help="Write to this file instead of stdout (needed for parquet).")
-@click.option("--head", type=click.IntRange(min=1), help="Show at most this many table rows.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option(
-    "--reference",
-    is_flag=True,
-    help="Use pytorch-forecasting's own predict path instead of the engine's fast path (same numbers, slower).",
-)
-def forecast(
-    bundle: Path,
-    data: Path,
-    servers: tuple[str, ...],
-    fmt: str,
-    out: Path | None,
-    head: int | None,
-    device: str,
-    reference: bool,
-) -> None:
-    """Forecast the next 8 hours of every server in DATA with the model in BUNDLE.
-
-    Each forecast starts one step after the server's last observation. Servers with less
-    history than the model needs (warming up) and servers without any value of a metric the
-    model forecasts are named on stderr, without numbers; when no server at all can be
-    forecast the command fails with exit status 2.
-    """
-    import polars as pl
-
-    from workbench.data import read_frame
-    from workbench.inference.engine import Engine
-    from workbench.inference.reference import reference_forecast
-    from workbench.model import load_bundle
-
-    model = load_bundle(bundle, device=None if device == "auto" else device)
-    frame = read_frame(data)
-    if servers:
-        unknown = sorted(set(servers) - set(frame[c.SERVER].unique().to_list()))
-        if unknown:
-            raise click.BadParameter(f"not in the data: {', '.join(unknown)}", param_hint="--server")
-        frame = frame.filter(pl.col(c.SERVER).is_in(servers))
-    if reference:
-        result = reference_forecast(model, frame)
-    else:
-        engine = Engine(model)
-        engine.ingest(frame)
-        result = engine.forecast()
-    if fmt == "parquet" and out is None:
-        raise click.BadParameter("parquet output needs --out FILE", param_hint="--format")
-    for line in _forecast_notes(result, frame):
-        click.echo(line, err=True)
-    if not result.servers:
-        raise _NothingForecast(
-            f"no server could be forecast ({len(result.missing)} without metrics the model needs, "
-            f"{len(result.warming_up)} warming up)"
-        )
-    if fmt == "json":
-        _emit(json.dumps({"predictions": result.to_json()}, indent=1), out)
-    elif fmt == "csv":
-        _emit(result.to_frame().write_csv(), out)
-    elif fmt == "parquet":
-        assert out is not None
-        result.to_frame().write_parquet(out)
-        click.echo(f"wrote {out}")
-    else:
-        table = result.summary()
-        with pl.Config(tbl_rows=head or table.height, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-            _emit(str(table.head(head) if head else table), out)
-
-
-class _NothingForecast(click.ClickException):
-    exit_code = 2
-
-
-def _forecast_notes(result: Forecast, frame: pl.DataFrame) -> list[str]:
-    """Return one line per group of servers that were not forecast, and why; and the generic-profile note."""
-    lines = []
-    by_missing: dict[tuple[str, ...], list[str]] = {}
-    for server, lacking in result.missing.items():
-        by_missing.setdefault(tuple(lacking), []).append(server)
-    for absent, names in by_missing.items():
-        has = ",".join(t for t in result.targets if t not in absent)
-        fix = f"workbench train --targets {has}" if has else "workbench train --targets on the metrics they have"
-        lines.append(
-            f"not forecast, no value of {', '.join(absent)} (needed by the model) in their history: {_names(names)}; "
-            f"train a model on the metrics they have: {fix}"
-        )
-    if result.warming_up:
-        have = [f"{s} has {n}" for s, n in sorted(result.warming_up.items(), key=lambda kv: (-kv[1], kv[0]))]
-        lines.append(f"not forecast yet, warming up (the model needs {result.min_history} steps): {_names(have)}")
-    generic = _generic_by_default(frame)
-    if generic:
-        prefixes = ", ".join(c.PROFILE_PREFIXES)
-        lines.append(
-            f"note: profile {c.DEFAULT_PROFILE} inferred, no name prefix ({prefixes}) matched: {_names(generic)}; "
-            "a profile column in the data sets another"
-        )
-    return lines
-
-
-def _generic_by_default(frame: pl.DataFrame) -> list[str]:
-    """Return the servers on the generic profile whose names match no profile prefix."""
-    import polars as pl
-
-    lowered = pl.col(c.SERVER).str.to_lowercase()
-    matched = pl.any_horizontal(*(lowered.str.starts_with(p) for p in c.PROFILE_PREFIXES))
-    generic = frame.filter((pl.col(c.PROFILE) == c.DEFAULT_PROFILE) & ~matched)
-    return sorted(generic[c.SERVER].unique().to_list())
-
-
-def _names(items: list[str], limit: int = 20) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    count = f"{len(items)} server{'s' if len(items) != 1 else ''}"
-    return f"{count} ({shown}{more})"
-
-
-def _emit(text: str, out: Path | None) -> None:
-    if out is None:
-        click.echo(text)
-    else:
-        out.write_text(text)
-        click.echo(f"wrote {out}", err=True)
-
-
-@main.command()
 @click.option("--out", type=_PATH, help="Write the JSON here instead of stdout.")
 def contract(out: Path | None) -> None:
     """Print the data contract (metrics, units, ranges, states, profiles) as JSON."""
-    _emit(json.dumps(c.contract_json(), indent=2), out)
+    emit(json.dumps(c.contract_json(), indent=2), out)
 
 
+main.add_command(forecast_command)
 main.add_command(serve_command)
 main.add_command(stream_command)
 main.add_command(dashboard_command)

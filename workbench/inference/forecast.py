@@ -7,6 +7,7 @@ numbers at all, never a made-up forecast.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -104,46 +105,65 @@ class Forecast:
         return [datetime.fromtimestamp((first + h) * c.STEP_SECONDS, UTC) for h in range(self.horizon)]
 
     def to_frame(self) -> pl.DataFrame:
-        """Return one row per (server, metric, step) with timestamp and p10/p50/p90."""
+        """Return one row per (server, metric, step) with timestamp and p10/p50/p90.
+
+        The columns keep their types when no server was forecast (an empty frame, not an untyped one).
+        """
         n, m, h = self.quantiles.shape[:3]
-        steps = np.arange(1, h + 1)
-        ts = (self.last_step[:, None] + steps[None, :]) * c.STEP_SECONDS  # (n, h) epoch seconds
+        steps = np.arange(1, h + 1, dtype=np.int64)
+        ts = (np.asarray(self.last_step, dtype=np.int64)[:, None] + steps[None, :]) * c.STEP_SECONDS  # (n, h) epoch s
         return pl.DataFrame(
-            {
-                c.SERVER: np.repeat(np.asarray(self.servers, dtype=object), m * h),
-                "metric": np.tile(np.repeat(np.asarray(self.targets, dtype=object), h), n),
-                "step": np.tile(steps, n * m),
-                c.TIMESTAMP: np.repeat(ts, m, axis=0).reshape(-1) * 1_000_000,
-                **{q: self.quantiles[..., i].reshape(-1) for i, q in enumerate(QUANTILE_NAMES)},
-            }
-        ).with_columns(pl.col(c.TIMESTAMP).cast(pl.Datetime("us", "UTC")))
+            [
+                _names(c.SERVER, self.servers, np.repeat(np.arange(n), m * h)),
+                _names("metric", self.targets, np.tile(np.repeat(np.arange(m), h), n)),
+                pl.Series("step", np.tile(steps, n * m), dtype=pl.Int64),
+                pl.Series(c.TIMESTAMP, np.repeat(ts, m, axis=0).reshape(-1) * 1_000_000, dtype=pl.Int64).cast(
+                    pl.Datetime("us", "UTC")
+                ),
+                *(
+                    pl.Series(q, self.quantiles[..., i].reshape(-1), dtype=pl.Float64)
+                    for i, q in enumerate(QUANTILE_NAMES)
+                ),
+            ]
+        )
 
     def summary(self, steps: tuple[int, ...] = (6, 12, 48, 96)) -> pl.DataFrame:
         """Return one row per (server, metric): current, p50 at a few lead times, the 8 h band, trend.
 
-        Servers still warming up get a row with ``source="warming_up"`` and no numbers.
+        Forecast servers come first. Servers still warming up, then servers lacking a metric, get
+        rows with ``source="warming_up"`` or ``source="missing_metrics"`` and no numbers. The
+        columns keep their types when no server was forecast.
         """
         steps = tuple(s for s in steps if s <= self.horizon)
         n, m = len(self.servers), len(self.targets)
-        cols: dict[str, Any] = {
-            c.SERVER: np.repeat(np.asarray(self.servers, dtype=object), m),
-            "metric": np.tile(np.asarray(self.targets, dtype=object), n),
-            "current": self.current.reshape(-1),
-        }
-        for s in steps:
-            cols[f"p50_{_lead(s)}"] = self.quantiles[:, :, s - 1, 1].reshape(-1)
         last = self.horizon - 1
-        cols[f"p10_{_lead(self.horizon)}"] = self.quantiles[:, :, last, 0].reshape(-1)
-        cols[f"p90_{_lead(self.horizon)}"] = self.quantiles[:, :, last, 2].reshape(-1)
-        cols["trend_per_h"] = self.trend().reshape(-1)
-        table = pl.DataFrame(cols).with_columns(pl.lit(self.source).alias("source"))
-        if self.warming_up:
+        numbers = {
+            "current": self.current,
+            **{f"p50_{_lead(s)}": self.quantiles[:, :, s - 1, 1] for s in steps},
+            f"p10_{_lead(self.horizon)}": self.quantiles[:, :, last, 0],
+            f"p90_{_lead(self.horizon)}": self.quantiles[:, :, last, 2],
+            "trend_per_h": self.trend(),
+        }
+        table = pl.DataFrame(
+            [
+                _names(c.SERVER, self.servers, np.repeat(np.arange(n), m)),
+                _names("metric", self.targets, np.tile(np.arange(m), n)),
+                *(
+                    pl.Series(name, np.asarray(v, dtype=np.float64).reshape(-1), dtype=pl.Float64)
+                    for name, v in numbers.items()
+                ),
+                pl.Series("source", [self.source] * (n * m), dtype=pl.String),
+            ]
+        )
+        others = [(s, SOURCE_WARMING_UP) for s in self.warming_up] + [(s, SOURCE_MISSING) for s in self.missing]
+        if others:
             waiting = pl.DataFrame(
                 {
-                    c.SERVER: [s for s in self.warming_up for _ in self.targets],
-                    "metric": list(self.targets) * len(self.warming_up),
-                    "source": SOURCE_WARMING_UP,
-                }
+                    c.SERVER: [s for s, _ in others for _ in self.targets],
+                    "metric": list(self.targets) * len(others),
+                    "source": [kind for _, kind in others for _ in self.targets],
+                },
+                schema={c.SERVER: pl.String, "metric": pl.String, "source": pl.String},
             )
             table = pl.concat([table, waiting], how="diagonal")
         return table.with_columns(cs.float().round(3))
@@ -213,6 +233,11 @@ def _clip_and_order(raw: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.
                     a, b = b, a
                 out[i, j, k, 0], out[i, j, k, 1], out[i, j, k, 2] = a, b, c
     return True
+
+
+def _names(name: str, values: Sequence[str], index: np.ndarray) -> pl.Series:
+    """Return ``values[index]`` as a string column (typed even when empty; no object arrays)."""
+    return pl.Series(name, list(values), dtype=pl.String).gather(index)
 
 
 def _lead(steps: int) -> str:

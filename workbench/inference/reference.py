@@ -46,6 +46,10 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
     device = next(bundle.network.parameters()).device
     with warnings.catch_warnings(), quiet_lightning():
         warnings.filterwarnings("ignore", r".*does not have many workers.*")
+        # The dataset's getitem scales each window's centre as an array, not as the named
+        # one-column frame the stored scalers are named for (workbench.model.dataset).
+        warnings.filterwarnings("ignore", r"X does not have valid feature names, but StandardScaler")
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         pred = bundle.network.predict(
             dataset,
             mode="quantiles",

@@ -25,12 +25,12 @@ from safetensors.torch import load_model, save_model
 from workbench import contract as c
 from workbench.early_warning.calibrator import IncidentCalibration
 from workbench.errors import BundleError
+from workbench.manifest import check_bundle_folder, read_json
 from workbench.model.calibration import CALIBRATION_VERSION, BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.network import network_from_hparams
 
-FILES = ("model.safetensors", "config.json", "dataset.json", "contract.json", "training.json")
 CALIBRATION_FILE = "calibration.json"  # optional: bundles trained before it have uncalibrated bands
 BUNDLE_FORMAT = 1
 
@@ -126,24 +126,19 @@ def load_bundle(
             running one, the targets differ, or the weights do not fit the network.
     """
     root = Path(path)
-    missing = [f for f in FILES if not (root / f).is_file()]
-    if missing:
-        raise BundleError(f"{root}: not a model bundle, missing {', '.join(missing)}")
-    diffs = c.contract_differences(_read_json(root / "contract.json"))
-    if diffs:
-        raise BundleError(f"{root}: trained on a different data contract:\n  " + "\n  ".join(diffs))
-    spec = DatasetSpec.from_json(_read_json(root / "dataset.json"))
-    config_json = _read_json(root / "config.json")
+    check_bundle_folder(root)
+    spec = DatasetSpec.from_json(read_json(root / "dataset.json"))
+    config_json = read_json(root / "config.json")
     config = TrainConfig.from_dict(config_json.get("train", {}))
     _check_targets(root, spec, config, targets)
     network = network_from_hparams(config_json.get("network", {}), spec, config)
     _load_weights(network, root / "model.safetensors")
     target_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     network = network.to(target_device).eval()
-    training = _read_json(root / "training.json")
+    training = read_json(root / "training.json")
     calibration, incident_calibration = None, None
     if (root / CALIBRATION_FILE).is_file():
-        stored = _read_json(root / CALIBRATION_FILE)
+        stored = read_json(root / CALIBRATION_FILE)
         if "bands" in stored:
             calibration = BandCalibration.from_json(stored, spec.targets, spec.horizon)
         if incidents and "incidents" in stored:
@@ -178,16 +173,6 @@ def _load_weights(network: torch.nn.Module, file: Path) -> None:
             f"{file}: weights do not fit the network described by config.json "
             f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
         )
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{file}: unreadable JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{file}: expected a JSON object")
-    return data
 
 
 def _write_json(file: Path, data: dict[str, Any]) -> None:

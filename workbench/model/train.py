@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as lp
@@ -18,7 +16,7 @@ import pandas as pd
 import polars as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import Logger
 
 from workbench import contract as c
 from workbench.data import fingerprint
@@ -31,6 +29,7 @@ from workbench.model.dataset import DatasetSpec
 from workbench.model.loaders import TrainingData
 from workbench.model.losses import loss_record
 from workbench.model.network import network_from_dataset, network_hparams, stack_targets
+from workbench.model.tracking import RunLog, Tracking
 from workbench.model.training_speedups import sped_up
 from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
 
@@ -86,7 +85,7 @@ def train(
     holdout: Holdout | None = None,
     incidents: pl.DataFrame | None = None,
     progress: bool = True,
-    log_dir: str | Path | None = None,
+    tracking: Tracking | None = None,
 ) -> Bundle:
     """Train a TFT on a validated contract frame.
 
@@ -102,13 +101,19 @@ def train(
             only the other servers before the test period, and ``training.json`` records it.
         incidents: Ground truth of the incidents in ``frame``, needed by ``sampling="incidents"``.
         progress: Show Lightning's progress bar.
-        log_dir: Where Lightning writes CSV logs (none when ``None``).
+        tracking: Where the run is logged (TensorBoard, CSV, MLflow; nowhere when ``None``);
+            ``training.json`` records it (``logs``).
 
     Returns:
         The trained network with its spec, config and training record, ready to save (on every
         rank of a distributed run; :func:`is_main_process` says which one should save it).
+
+    Raises:
+        ConfigError: the settings or the data do not allow training, or ``tracking`` asks for
+            MLflow without the ``mlflow`` package (before anything is trained).
     """
     started = time.perf_counter()
+    loggers = tracking.loggers() if tracking is not None else []
     lp.seed_everything(config.seed, workers=True, verbose=False)
     given = frame
     if holdout is not None:
@@ -120,12 +125,14 @@ def train(
     data = TrainingData.build(model_frame, spec, network.hparams, config, cutoff, incidents)
     best = BestWeights()
     with quiet_lightning():
-        trainer = _trainer(config, best, progress, log_dir)
+        trainer = _trainer(config, [best, RunLog(config, best)], progress, loggers)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r".*does not have many workers.*")
             warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
             # Every rank validates on all validation windows, so val_loss is the same on each.
             warnings.filterwarnings("ignore", r".*when logging on epoch level in distributed setting.*")
+            # Short (tiny) epochs log no per-step loss; the losses are logged per epoch anyway.
+            warnings.filterwarnings("ignore", r".*is smaller than the logging interval Trainer\(log_every_n_steps.*")
             with sped_up(network):
                 trainer.fit(network, train_dataloaders=data.train_loader, val_dataloaders=data.val_loader)
     if best.state is not None:
@@ -137,6 +144,8 @@ def train(
     info["sampler"] = data.record()
     info["loss"] = loss_record(config, spec)
     info["distributed"] = _distributed_record(trainer, config)
+    if tracking is not None and loggers:
+        info["logs"] = tracking.record(loggers)
     if holdout is not None:
         info[HOLDOUT_KEY] = holdout.to_json()
         info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
@@ -179,16 +188,6 @@ def quiet_lightning() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def is_main_process() -> bool:
-    """Whether this process is rank 0 of its training run (the one that writes the bundle)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    env = os.environ  # set by Lightning's launcher, torchrun or SLURM before the process group exists
-    if "RANK" in env:
-        return env["RANK"] == "0"
-    return env.get("LOCAL_RANK", "0") == "0" and env.get("NODE_RANK", "0") == "0"
-
-
 def resolve_precision(config: TrainConfig) -> str:
     """Return Lightning's precision: ``auto`` is ``bf16-mixed`` on a CUDA device that supports it, else ``32-true``."""
     if config.precision != "auto":
@@ -197,7 +196,7 @@ def resolve_precision(config: TrainConfig) -> str:
     return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def _trainer(config: TrainConfig, best: BestWeights, progress: bool, log_dir: str | Path | None) -> lp.Trainer:
+def _trainer(config: TrainConfig, callbacks: list[Callback], progress: bool, loggers: list[Logger]) -> lp.Trainer:
     return lp.Trainer(
         max_epochs=config.max_epochs,
         max_time=None if config.max_time_minutes is None else timedelta(minutes=config.max_time_minutes),
@@ -208,8 +207,9 @@ def _trainer(config: TrainConfig, best: BestWeights, progress: bool, log_dir: st
         precision=resolve_precision(config),  # type: ignore[arg-type]
         gradient_clip_val=config.gradient_clip_val,
         limit_val_batches=config.limit_val_batches,
-        callbacks=[EarlyStopping(monitor="val_loss", patience=config.patience, min_delta=config.min_delta), best],
-        logger=CSVLogger(str(log_dir), name="train") if log_dir else False,
+        callbacks=[EarlyStopping(monitor="val_loss", patience=config.patience, min_delta=config.min_delta), *callbacks],
+        logger=loggers or False,
+        enable_autolog_hparams=False,  # RunLog logs the TrainConfig instead of the network's constructor arguments
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
