@@ -34,6 +34,16 @@ if TYPE_CHECKING:
 _PATH = click.Path(path_type=Path)
 
 
+def _exists_message(ctx: click.Context, exc: FileExistsError) -> str:
+    """Say what exists and, when the command has the flag, that --overwrite replaces it."""
+    what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    name = ctx.invoked_subcommand
+    command = ctx.command.get_command(ctx, name) if isinstance(ctx.command, click.Group) and name else None
+    if command is not None and any(p.name == "overwrite" for p in command.params):
+        what += " (pass --overwrite to replace it)"
+    return what
+
+
 class _Group(click.Group):
     """Turn the workbench's own errors into one clear line and exit status 2, not a traceback."""
 
@@ -43,7 +53,9 @@ class _Group(click.Group):
         except WorkbenchError as exc:
             notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", []))
             raise click.ClickException(f"{type(exc).__name__}: {exc}{notes}") from exc
-        except (FileNotFoundError, FileExistsError) as exc:
+        except FileExistsError as exc:
+            raise click.ClickException(_exists_message(ctx, exc)) from exc
+        except FileNotFoundError as exc:
             raise click.ClickException(str(exc)) from exc
 
 
@@ -97,18 +109,12 @@ def generate(
     The incidents' ground truth (server, type, precursor start, onset, peak, end) is written
     beside the metrics as OUT/incidents.parquet.
     """
-    from workbench.data import METRICS_DIR, write_incidents, write_parquet
+    from workbench.data import write_incidents, write_parquet
     from workbench.simulator import BatchRun, incident_counts, make_fleet
 
     began = time.perf_counter()
     run = BatchRun(make_fleet(servers, seed), days, scenario=scenario, start=start.replace(tzinfo=UTC))
-    try:
-        path = write_parquet(run.frames(progress=progress), out, overwrite=overwrite)
-    except FileExistsError as exc:
-        if overwrite or Path(exc.filename or "") != out / METRICS_DIR:
-            raise
-        # the library's wording names its keyword argument (overwrite=True); name the flag instead
-        raise click.ClickException(f"dataset already exists: {exc.filename} (pass --overwrite to replace it)") from exc
+    path = write_parquet(run.frames(progress=progress), out, overwrite=overwrite)
     incidents = run.incidents()
     write_incidents(incidents, path)
     took = time.perf_counter() - began

@@ -66,7 +66,7 @@ def write_parquet(
     out_dir = Path(out_dir)
     target = out_dir / METRICS_DIR
     if target.exists() and not overwrite:
-        raise FileExistsError(errno.EEXIST, "dataset already exists (pass overwrite=True to replace it)", str(target))
+        raise FileExistsError(errno.EEXIST, "dataset already exists", str(target))
     if incidents is not None:
         incidents = _ground_truth(incidents, "incidents")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,19 @@ RUN_DIR_PARAMETERS = {"metrics_path": METRICS_FILE, "out_dir": ""}
 # "KeyboardInterrupt caught" at shutdown) is noise on the report's terminal; a cell's errors and a
 # dead kernel still reach the run through the notebook client.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+# papermill re-reads the parameters cell with a line regex that misses some declarations
+# (``x: str = ""``) and then warns about parameters this module has already checked against the
+# cell's syntax tree (workbench.reporting.notebooks); only those two messages are dropped.
+_PAPERMILL_MISREADS = ("Passed unknown parameter", "Unable to parse line")
+
+
+class _DropMisreads(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_PAPERMILL_MISREADS)
+
+
+for _name in ("papermill", "papermill.translators"):  # a logger's filter sees only its own records
+    logging.getLogger(_name).addFilter(_DropMisreads())
 
 
 @dataclass
