@@ -161,7 +161,7 @@ def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(tiny_bundle_dir, bundle_dir)
     bundle = load_bundle(bundle_dir, device="cpu")
-    bundle.incidents = calibrate(bundle, scale=0.2)
+    bundle.incidents = calibrate(bundle, scale=0.1)
     save_calibration(bundle, bundle_dir)
     rates = bundle.incidents.record["healthy_server_rate"]
     assert 0 <= rates["30m"] <= rates["8h"] <= 1
@@ -169,7 +169,7 @@ def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path
     other = tmp_path / "other"
     shutil.copytree(bundle_dir, other)
     metrics = run(
-        "06_early_warning", tmp_path, bundle=str(bundle_dir), compare_bundle=str(other), scale=0.2, progress=False
+        "06_early_warning", tmp_path, bundle=str(bundle_dir), compare_bundle=str(other), scale=0.1, progress=False
     )
     assert [row["model"].split(" ")[0] for row in metrics["comparison"]] == [str(bundle_dir), str(other)]
     assert metrics["comparison"][0]["recall"] == metrics["critical"]["calibrated"]["recall"]

@@ -6,10 +6,12 @@ from pathlib import Path
 import nbformat
 import pytest
 from click.testing import CliRunner
+from test_report_html import rendered
 
 from workbench.cli import main
 from workbench.errors import ConfigError
 from workbench.reporting import Parameter, declared_parameters, find_notebook, parse_parameters, read_runs, write_index
+from workbench.reporting.html import count_figures
 from workbench.reporting.notebooks import parse_value
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -140,7 +142,7 @@ def test_a_run_and_a_failed_run_are_kept_and_indexed(tmp_path, probe_dir, monkey
     assert json.loads((folder / "metrics.json").read_text()) == {"total": 1.5, "label": "run one"}
     assert (folder / "07_probe.ipynb").is_file()
     html = (folder / "07_probe.html").read_text()
-    assert "asked to fail" in html and "In&nbsp;[" not in html  # the code is shown, the prompts are not
+    assert "asked to fail" not in html and "In&nbsp;[" not in html  # a report: no code, no prompts
 
     result, _ = report(tmp_path, probe_dir, "07_probe", "-p", "loud", "true")
     assert result.exit_code == 1 and "failed" in result.output and "asked to fail" in result.output
@@ -164,8 +166,12 @@ def test_generate_notebook_report_with_tiny_parameters(tmp_path, monkeypatch):
     assert set(run["injected"]) == {"out_dir", "metrics_path"}
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["rows"] == 3 * 288 and metrics["servers"] == 3
-    assert (folder / "01_generate_data.html").stat().st_size > 10_000
     assert "01_generate_data" in (reports / "index.html").read_text()
+    executed = nbformat.read(str(folder / "01_generate_data.ipynb"), as_version=4)
+    stderr = [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert stderr == [], "library warnings in the report: " + json.dumps(stderr)[:500]
+    drawn = rendered(folder / "01_generate_data.html")  # what a reader sees: every figure drawn
+    assert count_figures(executed) > 0 and drawn["figures"] == count_figures(executed) and drawn["errors"] == []
 
 
 def _parameters_cell(notebook: Path) -> str:

@@ -4,14 +4,13 @@ The figures are counted where they matter: drawn by headless Chromium, with a st
 require.js that nbconvert's page loads when online (plotly must still draw under it).
 """
 
-import json
 from pathlib import Path
 
 import nbformat
 import pytest
 from test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS, chromium_or_fail
 
-from workbench.reporting import read_runs, run_report
+from workbench.reporting import run_report
 from workbench.reporting.html import (
     PLOTLY_MIME,
     WIDGET_STATE_MIME,
@@ -119,17 +118,3 @@ def test_a_report_draws_every_figure_table_and_final_bar_without_code(tmp_path, 
 
     with_code = export_html(run.folder / run.files["notebook"], tmp_path / "with_code.html", with_code=True)
     assert "import plotly" in rendered(with_code)["text"]
-
-
-@pytest.mark.slow
-def test_a_real_report_draws_as_many_figures_as_its_notebook_holds(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    params = [("servers", "3"), ("days", "1.0"), ("plot_servers", "2"), ("out_dir", "fleet")]
-    run = run_report("01_generate_data", params, reports_dir=tmp_path / "reports", notebooks_dir=NOTEBOOKS)
-    assert run.ok, run.error
-    executed = nbformat.read(str(run.folder / run.files["notebook"]), as_version=4)
-    stderr = [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
-    assert stderr == [], "library warnings in the report: " + json.dumps(stderr)[:500]
-    drawn = rendered(run.folder / run.files["html"])
-    assert count_figures(executed) > 0 and drawn["figures"] == count_figures(executed)
-    assert drawn["errors"] == [] and read_runs(tmp_path / "reports")[0]["status"] == "ok"

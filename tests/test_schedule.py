@@ -175,17 +175,19 @@ def test_a_second_start_while_one_runs_exits_quietly(tmp_path):
     assert [p.name for p in reports.iterdir()] == [LOCK]  # no run folder, no index
 
 
-@pytest.mark.slow
-def test_a_failed_report_exits_non_zero(tmp_path, critical_fleet_dir):
+def test_a_failed_report_exits_with_its_status_and_frees_the_lock(tmp_path):
+    # A stand-in for the checkout whose `workbench report` fails as a real failed run does
+    # (test_report.py runs one): the script must pass its status on and release the lock.
+    home = tmp_path / "home"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    fake = home / ".venv" / "bin" / "workbench"
+    fake.write_text('#!/bin/sh\necho "report failed: $*" >&2\nexit 3\n')
+    fake.chmod(0o755)
     _, argv, env, _ = cron_line()
-    reports, log = tmp_path / "reports", tmp_path / "nightly.log"
-    missing = tmp_path / "no-such-bundle"
-    extra = {"BUNDLE": str(missing), "DATA": str(critical_fleet_dir), "WORKBENCH_REPORT_ARGS": TINY}
-    result = run(argv, env, tmp_path, log, WORKBENCH_REPORTS=str(reports), **extra)
-    assert result.returncode != 0, log.read_text()
-    ((_, record),) = runs(reports)
-    assert record["status"] == "failed" and str(missing) in log.read_text()
-    assert f"finished with status {result.returncode}" in log.read_text()
-    assert "failed" in (reports / "index.html").read_text()
-    with (reports / LOCK).open("a") as lock:
+    log = tmp_path / "nightly.log"
+    result = run(argv, {**env, "WORKBENCH_HOME": str(home)}, tmp_path, log, BUNDLE="models/x")
+    assert result.returncode == 3, log.read_text()
+    assert "report failed: report 03_evaluate -p bundle models/x" in log.read_text()
+    assert "finished with status 3" in log.read_text()
+    with (home / "reports" / LOCK).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: the next night runs
