@@ -181,3 +181,36 @@ def test_histories_and_windows_equal_an_element_by_element_reading(seed):
         history, expected = _reference_read(store, store._index[name], length)
         assert store.histories()[name] == history
         np.testing.assert_array_equal(windows.values[i], expected[: windows.values.shape[1]])
+
+
+def _reference_run_lengths(slots, last, cnt, max_gap):
+    """The rule spelled out: steps from the start of the last run (gaps <= max_gap inside it) to the end."""
+    capacity, out = cnt.shape[1], []
+    for slot in slots:
+        start, prev = -1, -1
+        for t in range(capacity):
+            step = last[slot] - capacity + 1 + t
+            if step >= 0 and (cnt[slot, step % capacity] > 0).any():
+                if prev < 0 or t - prev - 1 > max_gap:
+                    start = t
+                prev = t
+        out.append(capacity - start if start >= 0 else 0)
+    return np.array(out, dtype=np.int64)
+
+
+@pytest.mark.parametrize("kernel", ["_run_lengths", "_run_lengths_compiled"])
+def test_run_lengths_follow_the_rule_on_random_rings(kernel):
+    from workbench.inference import window
+
+    run_lengths = getattr(window, kernel)
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        servers, capacity, metrics = (int(rng.integers(1, n)) for n in (9, 30, 4))
+        cnt = (rng.random((servers, capacity, metrics)) < rng.random()).astype(np.int32)
+        last = rng.integers(-1, 3 * capacity, size=servers)
+        slots = rng.permutation(servers)[: int(rng.integers(1, servers + 1))].astype(np.int64)
+        gap = int(rng.integers(0, 5))
+        out = np.empty(len(slots), dtype=np.int64)
+        run_lengths(slots, last, cnt, gap, out)
+        np.testing.assert_array_equal(out, _reference_run_lengths(slots, last, cnt, gap))

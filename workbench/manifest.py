@@ -8,12 +8,17 @@ line before it decides to load the model, a process that never runs the network)
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from workbench import contract as c
 from workbench.errors import BundleError
+
+if TYPE_CHECKING:
+    from workbench.early_warning.calibrator import IncidentCalibration
 
 FILES = ("model.safetensors", "config.json", "dataset.json", "contract.json", "training.json")
 
@@ -79,3 +84,64 @@ def read_json(file: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BundleError(f"{file}: expected a JSON object")
     return data
+
+
+CALIBRATION_FILE = "calibration.json"  # optional: bundles trained before it have uncalibrated bands
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a process that never runs the network needs of a bundle: shape, identity, calibration.
+
+    Attributes:
+        path: The bundle folder (``None`` for a bundle that only lives in memory).
+        manifest: Targets and lengths (``dataset.json``).
+        incidents: The incident calibration (``calibration.json``), if fitted.
+        digest: SHA-256 of the weights file (of the description, for an in-memory bundle).
+    """
+
+    path: Path | None
+    manifest: BundleManifest
+    incidents: IncidentCalibration | None
+    digest: str
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The metrics the model forecasts, in output order."""
+        return self.manifest.targets
+
+    def identity(self) -> dict[str, Any]:
+        """Return what identifies the bundle's windows: weights digest, targets and window length."""
+        return {
+            "name": self.path.name if self.path is not None else None,
+            "sha256": self.digest,
+            "targets": list(self.targets),
+            "max_encoder_length": self.manifest.max_encoder_length,
+        }
+
+
+def read_info(root: str | Path, *, incidents: bool = True) -> BundleInfo:
+    """Read a bundle's :class:`BundleInfo` from its files, without torch.
+
+    Raises:
+        BundleError: as :func:`read_manifest`, or for a malformed ``calibration.json``.
+    """
+    folder = Path(root)
+    manifest = read_manifest(folder)
+    calibration = None
+    if incidents and (folder / CALIBRATION_FILE).is_file():
+        from workbench.early_warning.calibrator import IncidentCalibration
+
+        stored = read_json(folder / CALIBRATION_FILE)
+        if "incidents" in stored:
+            calibration = IncidentCalibration.from_json(stored["incidents"])
+    return BundleInfo(folder, manifest, calibration, weights_digest(folder / FILES[0]))
+
+
+def weights_digest(file: Path) -> str:
+    """Return the SHA-256 of a weights file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

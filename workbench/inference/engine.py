@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,47 +19,9 @@ from workbench import contract as c
 from workbench.inference.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
 from workbench.inference.inputs import build_inputs
 from workbench.inference.speedups import optimise
-from workbench.inference.window import IngestReport, Windows, WindowStore
+from workbench.inference.window import IngestReport, WarmupStatus, Windows, WindowStore
 from workbench.model.bundle import Bundle
 from workbench.model.network import stack_targets
-
-
-@dataclass(frozen=True)
-class WarmupStatus:
-    """Warm-up progress of the fleet.
-
-    Attributes:
-        needed_steps: Steps a server needs before it is forecast.
-        servers: Steps each server has (capped at ``needed_steps``).
-        ready: Servers with enough history.
-    """
-
-    needed_steps: int
-    servers: dict[str, int]
-    ready: int
-
-    @property
-    def total(self) -> int:
-        """Servers known."""
-        return len(self.servers)
-
-    @property
-    def progress(self) -> float:
-        """Fleet progress in [0, 1]: the mean of each server's progress (1 when the fleet is empty)."""
-        if not self.servers:
-            return 1.0
-        return float(np.mean([min(n, self.needed_steps) / self.needed_steps for n in self.servers.values()]))
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the status as the REST ``warmup`` object."""
-        return {
-            "is_warmed_up": self.total > 0 and self.ready == self.total,
-            "progress_percent": round(100 * self.progress, 1),
-            "threshold": self.needed_steps,
-            "ready_servers": self.ready,
-            "total_servers": self.total,
-            "servers": {s: min(n, self.needed_steps) for s, n in self.servers.items()},
-        }
 
 
 class Engine:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numba
 import numpy as np
 import polars as pl
 import polars.selectors as cs
 
 from workbench import contract as c
+from workbench.inference.lazy_jit import lazy_njit
 
 QUANTILE_NAMES = tuple(f"p{round(100 * q)}" for q in c.QUANTILE_LEVELS)  # p10, p50, p90
 SOURCE_TFT = "tft"
@@ -214,7 +214,7 @@ def postprocess(raw: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
     return out
 
 
-@numba.njit(nogil=True, cache=True)
+@lazy_njit
 def _clip_and_order(raw: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray) -> bool:
     """Write each ``raw[i, j, h]`` triple clipped to ``[low[j], high[j]]`` and sorted; False on a non-finite value."""
     n, m, h, _ = raw.shape

@@ -10,6 +10,7 @@ probabilities fitted on validation fleets by ``workbench calibrate-incidents``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 from collections.abc import Sequence
@@ -25,13 +26,19 @@ from safetensors.torch import load_model, save_model
 from workbench import contract as c
 from workbench.early_warning.calibrator import IncidentCalibration
 from workbench.errors import BundleError
-from workbench.manifest import check_bundle_folder, read_json
+from workbench.manifest import (
+    CALIBRATION_FILE,
+    BundleInfo,
+    BundleManifest,
+    check_bundle_folder,
+    read_json,
+    weights_digest,
+)
 from workbench.model.calibration import CALIBRATION_VERSION, BandCalibration
 from workbench.model.config import TrainConfig
 from workbench.model.dataset import DatasetSpec
 from workbench.model.network import network_from_hparams
 
-CALIBRATION_FILE = "calibration.json"  # optional: bundles trained before it have uncalibrated bands
 BUNDLE_FORMAT = 1
 
 
@@ -64,6 +71,18 @@ class Bundle:
     def targets(self) -> tuple[str, ...]:
         """The metrics the model forecasts, in output order."""
         return self.spec.targets
+
+    def info(self) -> BundleInfo:
+        """Return what a process that never runs the network needs of this bundle."""
+        spec = self.spec
+        manifest = BundleManifest(spec.targets, spec.min_encoder_length, spec.max_encoder_length, spec.horizon)
+        weights = self.path / "model.safetensors" if self.path is not None else None
+        if weights is not None and weights.is_file():
+            digest = weights_digest(weights)
+        else:  # an in-memory bundle: its description stands in for the weights
+            described = json.dumps([spec.to_json(), self.hparams], sort_keys=True, default=str).encode()
+            digest = hashlib.sha256(described).hexdigest()
+        return BundleInfo(self.path, manifest, self.incidents, digest)
 
 
 def library_versions() -> dict[str, str]:

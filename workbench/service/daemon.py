@@ -13,19 +13,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
-import torch
 from fastapi import FastAPI
 
 from workbench import contract as c
 from workbench.alert_rules import resolve_rule
 from workbench.errors import StateError
-from workbench.inference.engine import Engine
 from workbench.inference.window import WindowStore
-from workbench.model.bundle import Bundle
+from workbench.manifest import BundleInfo
 from workbench.service.alertmanager import AlertmanagerPusher
 from workbench.service.common import Hub
 from workbench.service.documents import Documents, Forecaster, Published
@@ -33,9 +31,13 @@ from workbench.service.ingest import Ingestor
 from workbench.service.predictor import Backend, Predictor
 from workbench.service.prom import make_registry
 from workbench.service.settings import InferenceSettings
-from workbench.service.state import Recovered, StateDir, bundle_identity
+from workbench.service.state import Recovered, StateDir
 from workbench.service.worker import ForecastProcess, WorkerConfig
 from workbench.thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from workbench.inference.engine import Engine
+    from workbench.model.bundle import Bundle
 
 SERVICE_NAME = "workbench-inference"
 IDLE_CHECK_SECONDS = 5.0
@@ -55,20 +57,17 @@ class InferenceDaemon:
             or is used by another daemon.
     """
 
-    def __init__(self, settings: InferenceSettings, bundle: Bundle, thresholds: Thresholds) -> None:
+    def __init__(self, settings: InferenceSettings, bundle: BundleInfo | Bundle, thresholds: Thresholds) -> None:
         self.settings = settings
-        self.bundle = bundle
+        self.bundle = bundle if isinstance(bundle, BundleInfo) else bundle.info()
         self.thresholds = thresholds
-        self.alert_rule = resolve_rule(settings.alert_rule, bundle.incidents)  # fails before any state is opened
-        gaps, servers = settings.max_gap_steps, settings.max_servers
-        in_thread = settings.forecast_worker == "thread"  # else the worker builds its own fast network
-        self.engine = Engine(
-            bundle, batch_size=settings.batch_size, max_gap_steps=gaps, max_servers=servers, fast=in_thread
-        )
+        self.alert_rule = resolve_rule(settings.alert_rule, self.bundle.incidents)  # fails before any state is opened
+        # With a worker process only the worker loads the network; this process holds the windows.
+        self.engine = None if settings.forecast_worker == "process" else _thread_engine(settings, bundle)
         self.started = time.time()
         self.state_dir: StateDir | None = None
         if settings.state_dir is not None:
-            self.state_dir = StateDir(settings.state_dir, bundle_identity(bundle), fsync=settings.fsync)
+            self.state_dir = StateDir(settings.state_dir, self.bundle.identity(), fsync=settings.fsync)
             try:
                 self.recovered, journal = self.state_dir.recover(self._empty_store)
             except BaseException:
@@ -85,25 +84,29 @@ class InferenceDaemon:
             records=self.recovered.records,
             max_future_seconds=settings.max_future_seconds,
         )
+        shape = self.bundle.manifest
         documents = Documents(
-            tuple(bundle.targets), self.engine.spec.horizon, thresholds, self._metadata(), bundle.incidents,
-            self.alert_rule,
-        )  # fmt: skip
-        if bundle.incidents is None:
+            shape.targets, shape.horizon, thresholds, self._metadata(), self.bundle.incidents, self.alert_rule
+        )
+        if self.bundle.incidents is None:
             log.warning(
                 "%s has no incident calibration: probabilities are reported as uncalibrated, alerts use the %s rule",
-                bundle.path,
+                self.bundle.path,
                 self.alert_rule,
             )
-        self.worker = (
-            None if in_thread else ForecastProcess(self._worker_config(thresholds), settings.worker_reply_seconds)
-        )
-        backend: Backend = Forecaster(self.engine, documents) if self.worker is None else self.worker
+        backend: Backend
+        if self.engine is None:
+            self.worker: ForecastProcess | None = ForecastProcess(
+                self._worker_config(thresholds), settings.worker_reply_seconds
+            )
+            backend = self.worker
+        else:
+            self.worker, backend = None, Forecaster(self.engine, documents)
         self.predictor = Predictor(
             backend,
             self.ingestor,
             documents,
-            self.engine.spec.min_encoder_length,
+            shape.min_encoder_length,
             interval=settings.interval,
             poll_seconds=settings.poll_seconds,
         )
@@ -123,7 +126,10 @@ class InferenceDaemon:
             )
 
     def _empty_store(self) -> WindowStore:
-        return self.engine.store
+        s, shape = self.settings, self.bundle.manifest
+        return WindowStore(
+            shape.max_encoder_length, shape.targets, max_gap_steps=s.max_gap_steps, max_servers=s.max_servers
+        )
 
     def _alertmanager(self) -> AlertmanagerPusher | None:
         s = self.settings
@@ -143,7 +149,7 @@ class InferenceDaemon:
         s = self.settings
         return WorkerConfig(
             bundle=str(s.bundle),
-            device=self._device(),
+            device=self.settings.device,
             batch_size=s.batch_size,
             max_gap_steps=s.max_gap_steps,
             max_servers=s.max_servers,
@@ -154,17 +160,17 @@ class InferenceDaemon:
         )
 
     def _device(self) -> str:
-        """Where forecasts run: the engine's device, or the worker's (``--device``, CUDA when present)."""
-        if self.settings.forecast_worker == "thread":
+        """Where forecasts run: the engine's device, or the worker's (``--device``; ``auto``: CUDA when present)."""
+        if self.engine is not None:
             return str(self.engine.device)
-        return self.settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return self.settings.device or "auto"  # the worker's choice: CUDA when its torch sees a GPU
 
     def _metadata(self) -> dict[str, Any]:
         return {
             "model_type": "TFT",
             "bundle": self.bundle.path.name if self.bundle.path is not None else None,
             "contract_version": c.CONTRACT_VERSION,
-            "horizon_steps": self.engine.spec.horizon,
+            "horizon_steps": self.bundle.manifest.horizon,
             "device": self._device(),
             "targets": list(self.bundle.targets),
             "forecast_worker": self.settings.forecast_worker,
@@ -340,3 +346,16 @@ class InferenceDaemon:
             "websocket_clients": self.hub.subscribers,
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+def _thread_engine(settings: InferenceSettings, bundle: BundleInfo | Bundle) -> Engine:
+    """Load the network into this process (``forecast_worker="thread"``) and build its engine."""
+    from workbench.inference.engine import Engine
+    from workbench.model.bundle import Bundle, load_bundle
+
+    if not isinstance(bundle, Bundle):
+        if bundle.path is None:
+            raise StateError("a thread forecast worker needs a bundle folder or a loaded bundle")
+        bundle = load_bundle(bundle.path, device=settings.device)
+    gaps, servers = settings.max_gap_steps, settings.max_servers
+    return Engine(bundle, batch_size=settings.batch_size, max_gap_steps=gaps, max_servers=servers)

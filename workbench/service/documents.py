@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -24,12 +24,14 @@ from workbench import contract as c
 from workbench.alert_rules import make_rule
 from workbench.alerts import Alert, AlertTracker
 from workbench.early_warning.calibrator import IncidentCalibration
-from workbench.inference.engine import Engine
 from workbench.inference.forecast import QUANTILE_NAMES, Forecast
 from workbench.inference.window import WindowStore
 from workbench.risk import RiskReport, risk
 from workbench.service.prom import render_forecast
 from workbench.thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from workbench.inference.engine import Engine
 
 
 def dumps(data: Any) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workbench import contract as c
 from workbench.errors import StateError
-from workbench.model.bundle import Bundle, load_bundle
+from workbench.manifest import read_info
 from workbench.service import schemas as s
 from workbench.service.common import API_KEY_HEADER, BodyTooLarge, api_key_guard, key_matches, read_body
 from workbench.service.daemon import SERVICE_NAME, InferenceDaemon
@@ -26,6 +26,9 @@ from workbench.service.ingest import BodyError, parse_body
 from workbench.service.predictor import Published
 from workbench.service.settings import InferenceSettings
 from workbench.thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from workbench.model.bundle import Bundle
 
 JSON = "application/json"
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -77,17 +80,16 @@ def create_app(settings: InferenceSettings, *, bundle: Bundle | None = None) -> 
 
     Args:
         settings: Validated settings.
-        bundle: An already loaded bundle (default: load ``settings.bundle``).
+        bundle: An already loaded bundle (default: read ``settings.bundle``'s manifest here; the
+            network is loaded by the forecast worker, or in this process with a thread worker).
 
     Raises:
         BundleError: when the bundle cannot be loaded.
         StateError: when the state folder cannot be used (see :class:`InferenceDaemon`).
     """
-    # With a worker process only the worker runs the network; this copy gives the windows' shape.
-    device = "cpu" if settings.forecast_worker == "process" else settings.device
-    bundle = bundle or load_bundle(settings.bundle, device=device)
+    info = bundle if bundle is not None else read_info(settings.bundle)  # torch-free: the worker loads the network
     thresholds = Thresholds.from_yaml(settings.thresholds) if settings.thresholds else Thresholds()
-    daemon = InferenceDaemon(settings, bundle, thresholds)
+    daemon = InferenceDaemon(settings, info, thresholds)
     app = FastAPI(
         title="workbench inference daemon",
         version="1.0",

@@ -20,8 +20,7 @@ from typing import Any, Protocol
 import anyio
 import numpy as np
 
-from workbench.inference.engine import WarmupStatus
-from workbench.inference.window import WindowStore
+from workbench.inference.window import WarmupStatus, WindowStore
 from workbench.service.documents import Documents, Published
 from workbench.service.ingest import FleetStats, Ingestor
 

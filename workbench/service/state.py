@@ -21,7 +21,6 @@ what it cannot use goes to ``damaged/`` (:mod:`workbench.service.state_aside`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -36,30 +35,12 @@ import numpy as np
 from workbench import contract as c
 from workbench.errors import StateError
 from workbench.inference.window import WindowStore
-from workbench.model.bundle import Bundle
 from workbench.service.journal import Journal, Segment, SegmentHeaderError, fsync_dir, segment_path, segments
 from workbench.service.state_aside import REPAIR_HINT, aside_segments, keep_copy, set_aside, unaccounted_before
 
 SNAPSHOT_META = "snapshot.json"
 STATE_FORMAT = 2  # 2: windows keep their servers in arrival order (LRU) with arrival ticks
 log = logging.getLogger(__name__)
-
-
-def bundle_identity(bundle: Bundle) -> dict[str, Any]:
-    """Return what identifies a bundle's windows: weights digest, targets and window length."""
-    digest = hashlib.sha256()
-    if bundle.path is not None and (bundle.path / "model.safetensors").is_file():
-        with open(bundle.path / "model.safetensors", "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    else:  # an in-memory bundle: its description stands in for the weights
-        digest.update(json.dumps([bundle.spec.to_json(), bundle.hparams], sort_keys=True, default=str).encode())
-    return {
-        "name": bundle.path.name if bundle.path is not None else None,
-        "sha256": digest.hexdigest(),
-        "targets": list(bundle.targets),
-        "max_encoder_length": bundle.spec.max_encoder_length,
-    }
 
 
 def _identity_differences(stored: dict[str, Any], running: dict[str, Any]) -> list[str]:
@@ -114,7 +95,7 @@ class StateDir:
 
     Args:
         directory: The folder (created when missing).
-        identity: :func:`bundle_identity` of the running bundle.
+        identity: :meth:`workbench.manifest.BundleInfo.identity` of the running bundle.
         fsync: Whether writes are fsynced.
 
     Raises:
