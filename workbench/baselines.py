@@ -36,7 +36,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from workbench import contract as c
@@ -324,6 +323,7 @@ def mstl_quantiles(values: np.ndarray, horizon: int, model: MstlEts) -> np.ndarr
 
 def _statsforecast_mstl(series: np.ndarray, horizon: int, seasons: tuple[int, ...], model: MstlEts) -> np.ndarray:
     """Fit MSTL + AutoETS on each row of ``series`` (leading NaN skipped) and return ``(rows, horizon, 3)``."""
+    import pandas as pd  # here, not at the top: the daemon imports this module for linear_fit
     from statsforecast import StatsForecast
     from statsforecast.models import MSTL, AutoETS
 
