@@ -214,3 +214,24 @@ def test_run_lengths_follow_the_rule_on_random_rings(kernel):
         out = np.empty(len(slots), dtype=np.int64)
         run_lengths(slots, last, cnt, gap, out)
         np.testing.assert_array_equal(out, _reference_run_lengths(slots, last, cnt, gap))
+
+
+def test_reading_a_few_windows_in_numpy_gives_the_compiled_kernels_values():
+    from workbench.inference.window import _read, _read_few
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        servers, capacity, metrics = (int(rng.integers(1, n)) for n in (6, 25, 4))
+        cnt = (rng.random((servers, capacity, metrics)) < rng.random()).astype(np.int32) * rng.integers(1, 3)
+        sums = rng.random((servers, capacity, metrics)) * cnt
+        maxes = rng.random((servers, capacity, metrics))
+        is_max = rng.random(metrics) < 0.5
+        last = rng.integers(capacity, 3 * capacity, size=servers)
+        slots = rng.permutation(servers)[: int(rng.integers(1, servers + 1))].astype(np.int64)
+        lengths = rng.integers(0, capacity + 1, size=len(slots))
+        length = int(rng.integers(1, capacity + 2))
+        lengths = np.minimum(lengths, length)
+        expected, got = (np.full((len(slots), length, metrics), -7.0) for _ in range(2))
+        _read(slots, lengths, last, sums, cnt, maxes, is_max, expected)
+        _read_few(slots, lengths, last, sums, cnt, maxes, is_max, got)
+        np.testing.assert_allclose(got, expected, equal_nan=True)

@@ -385,7 +385,8 @@ class WindowStore:
         hist = self._histories(slots) if history is None else np.asarray(history, dtype=np.int64)
         lengths = np.minimum(hist, min(length, self.capacity))
         values = np.empty((len(slots), length, len(self.metrics)), dtype=np.float64)
-        _read(slots, lengths, self._last, self._sum, self._cnt, self._max, self._is_max, values)
+        read = _read_few if len(slots) <= READ_NUMPY_SERVERS else _read
+        read(slots, lengths, self._last, self._sum, self._cnt, self._max, self._is_max, values)
         profiles = [c.PROFILES[int(p)] for p in self._profile[slots]]
         return Windows(list(names), profiles, values, lengths.astype(np.int64), self._last[slots].copy())
 
@@ -438,6 +439,9 @@ RUN_LENGTH_CHUNK = 4096  # servers per vectorised block: bounds the (servers, st
 # Up to this many servers numpy answers in tens of milliseconds; beyond, a compiled pass is ~10x
 # faster and worth loading numba for (the request process of a small fleet never loads it).
 RUN_LENGTH_NUMPY_SERVERS = 20_000
+# A few servers' windows (the daemon's /history for one chart) are read in numpy; the engine's
+# reads of whole fleets use the compiled kernel.
+READ_NUMPY_SERVERS = 32
 
 
 def _run_lengths(slots: np.ndarray, last: np.ndarray, cnt: np.ndarray, max_gap: int, out: np.ndarray) -> None:
@@ -483,6 +487,35 @@ def _run_lengths_compiled(slots: np.ndarray, last: np.ndarray, cnt: np.ndarray, 
                     start = t
                 prev = t
         out[i] = capacity - start if start >= 0 else 0
+
+
+def _read_few(
+    slots: np.ndarray,
+    lengths: np.ndarray,
+    last: np.ndarray,
+    sums: np.ndarray,
+    cnt: np.ndarray,
+    maxes: np.ndarray,
+    is_max: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:func:`_read` in numpy, one server at a time, vectorised over steps and metrics (same values)."""
+    capacity = cnt.shape[1]
+    out[:] = 0.0
+    for i, slot in enumerate(slots):
+        n = int(lengths[i])
+        if n <= 0:
+            continue
+        pos = (last[slot] - n + 1 + np.arange(n)) % capacity
+        count = cnt[slot, pos]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where(is_max, maxes[slot, pos], sums[slot, pos] / count)
+        value = np.where(count == 0, np.nan, value)
+        known = ~np.isnan(value)
+        latest = np.maximum.accumulate(np.where(known, np.arange(n)[:, None], -1), axis=0)
+        first = np.where(known.any(axis=0), known.argmax(axis=0), 0)
+        source = np.where(latest >= 0, latest, first)  # carried forward; leading steps from the first value
+        out[i, :n] = np.take_along_axis(value, source, axis=0)
 
 
 @lazy_njit
