@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from workbench import contract as c
 from workbench.cli import main
 
-DEMO_BUNDLE, DEMO_DATA = Path("models/demo"), Path("data/demo")
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 
 @pytest.fixture
@@ -252,12 +252,14 @@ def test_the_manifest_read_without_torch_says_what_the_loaded_bundle_says(tiny_b
 
 
 @pytest.mark.skipif(not (DEMO_BUNDLE / "model.safetensors").is_file(), reason="no demo bundle")
-def test_a_normal_forecast_prints_no_library_warnings_or_tips():
-    result = _run_workbench("forecast", "--bundle", str(DEMO_BUNDLE), "--data", str(DEMO_DATA), "--head", "5")
+def test_a_normal_forecast_prints_no_library_warnings_or_tips(tiny_fleet, tiny_fleet_dir):
+    # the committed demo model (8 metrics) on a simulated fleet this test makes (data/demo may not exist)
+    result = _run_workbench("forecast", "--bundle", str(DEMO_BUNDLE), "--data", str(tiny_fleet_dir), "--head", "5")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
+    servers = tiny_fleet["server_name"].n_unique()
     assert lines == [
-        f"read 13,824 rows of 12 servers from {DEMO_DATA}; loading {DEMO_BUNDLE} …",
+        f"read {tiny_fleet.height:,} rows of {servers} servers from {tiny_fleet_dir}; loading {DEMO_BUNDLE} …",
         "torch imported: True",
     ]
     assert "Warning" not in result.stderr and "Tip" not in result.stderr and "💡" not in result.stderr

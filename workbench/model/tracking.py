@@ -8,7 +8,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import lightning.pytorch as lp
 import torch
@@ -17,9 +17,6 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 
 from workbench.errors import ConfigError
 from workbench.model.config import TrainConfig
-
-if TYPE_CHECKING:
-    from workbench.model.train import BestWeights
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +130,20 @@ def mlflow_installed() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
+class BestSoFar(Protocol):
+    """The best epoch seen so far (``workbench.model.train.BestWeights`` keeps it)."""
+
+    best_loss: float
+    best_epoch: int
+
+
 class RunLog(Callback):
     """Log the settings once when the fit starts and the best epoch when it ends, to every logger.
 
     The per-epoch losses are logged by the network itself (``train_loss_epoch``, ``val_loss``).
     """
 
-    def __init__(self, config: TrainConfig, best: BestWeights) -> None:
+    def __init__(self, config: TrainConfig, best: BestSoFar) -> None:
         self.params = flat_hparams(config)
         self.best = best
 
