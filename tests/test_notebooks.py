@@ -161,7 +161,7 @@ def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(tiny_bundle_dir, bundle_dir)
     bundle = load_bundle(bundle_dir, device="cpu")
-    bundle.incidents = calibrate(bundle, scale=0.1)
+    bundle.incidents = calibrate(bundle, scale=0.1, warning_stride=3)
     save_calibration(bundle, bundle_dir)
     rates = bundle.incidents.record["healthy_server_rate"]
     assert 0 <= rates["30m"] <= rates["8h"] <= 1
@@ -169,13 +169,19 @@ def test_early_warning_notebook_scores_every_rule_and_the_probabilities(tmp_path
     other = tmp_path / "other"
     shutil.copytree(bundle_dir, other)
     metrics = run(
-        "06_early_warning", tmp_path, bundle=str(bundle_dir), compare_bundle=str(other), scale=0.1, progress=False
+        "06_early_warning",
+        tmp_path,
+        bundle=str(bundle_dir),
+        compare_bundle=str(other),
+        scale=0.1,
+        warning_stride=3,
+        progress=False,
     )
     assert [row["model"].split(" ")[0] for row in metrics["comparison"]] == [str(bundle_dir), str(other)]
     assert metrics["comparison"][0]["recall"] == metrics["critical"]["calibrated"]["recall"]
     assert set(metrics["critical"]) == {"calibrated", "band_edge", "predict_linear", "static"}
     assert set(metrics["healthy_false_alarms_per_server_day"]) == set(metrics["critical"])
-    assert metrics["calibrated"] is True and 0 < metrics["threshold"] <= 1
+    assert metrics["calibrated"] is True and 0 < metrics["threshold"] <= 1 and metrics["warning_stride"] == 3
     assert set(metrics["probability"]) == {f"{f}/{w}" for f in ("test-critical", "test-healthy") for w in ("30m", "8h")}
     for row in metrics["probability"].values():
         assert 0 <= row["brier"] <= 1 and (row["ece"] is None or 0 <= row["ece"] <= 1)

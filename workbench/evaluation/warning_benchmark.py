@@ -85,6 +85,7 @@ def run_fleet(
     rules: tuple[str, ...] = RULES,
     progress: bool = False,
     scale: float = 1.0,
+    warning_stride: int = 1,
 ) -> Fleet:
     """Simulate ``spec`` and backtest ``bundle`` on it at every step; return its features and alarms.
 
@@ -94,6 +95,8 @@ def run_fleet(
         rules: Alert rules to run (``calibrated`` needs the bundle's incident calibration).
         progress: Show progress bars.
         scale: Shrinks servers and days (tests use a small fraction; 1 = the benchmark).
+        warning_stride: Steps between scored origins (1, every step as the daemon runs, is the
+            benchmark; more is a quicker, coarser look).
     """
     servers = max(4, round(spec.servers * scale))
     days = max(1.0, spec.days * scale)
@@ -104,22 +107,30 @@ def run_fleet(
         sim.metrics,
         test_servers=names,
         test_start=DEFAULT_START + timedelta(days=WARMUP_DAYS),
-        config=BacktestConfig(origin_stride=c.HORIZON_STEPS * 3, warning_stride=1, rules=rules, progress=progress),
+        config=BacktestConfig(
+            origin_stride=c.HORIZON_STEPS * 3, warning_stride=warning_stride, rules=rules, progress=progress
+        ),
     )
     if result.window is None or result.warning_set is None:
         raise ConfigError(f"{spec.name}: the backtest produced no early-warning origins")
     return Fleet(spec.name, result.warning_set, sim.incidents, result.window, result.alarms)
 
 
-def calibrate(bundle: Bundle, *, progress: bool = False, scale: float = 1.0) -> IncidentCalibration:
-    """Fit ``bundle``'s incident calibration on the :data:`VALIDATION` fleets and return it."""
-    fleets = [run_fleet(bundle, spec, rules=BASELINE_RULES, progress=progress, scale=scale) for spec in VALIDATION]
+def calibrate(
+    bundle: Bundle, *, progress: bool = False, scale: float = 1.0, warning_stride: int = 1
+) -> IncidentCalibration:
+    """Fit ``bundle``'s incident calibration on the :data:`VALIDATION` fleets and return it (see :func:`run_fleet`)."""
+    fleets = [
+        run_fleet(bundle, spec, rules=BASELINE_RULES, progress=progress, scale=scale, warning_stride=warning_stride)
+        for spec in VALIDATION
+    ]
     calibration = fit_incidents(fleets)
     healthy = [f for f, spec in zip(fleets, VALIDATION, strict=True) if spec.scenario == "healthy"]
     record = {
         **calibration.record,
         "fleet_specs": [vars(s) for s in VALIDATION],
         "scale": scale,
+        "warning_stride": warning_stride,
         HEALTHY_RATE: {window: server_rate(healthy, steps) for window, steps in WINDOW_STEPS.items()},
     }
     return replace(calibration, record=record)
@@ -228,8 +239,9 @@ def run_benchmark(
     progress: bool = False,
     scale: float = 1.0,
     specs: Sequence[FleetSpec] = TEST,
+    warning_stride: int = 1,
 ) -> BenchmarkResult:
-    """Score every rule on the :data:`TEST` fleets with ``bundle`` (see the module docstring).
+    """Score every rule on the :data:`TEST` fleets with ``bundle`` (see the module docstring and :func:`run_fleet`).
 
     Raises:
         ConfigError: when the bundle has no incident calibration (run :func:`calibrate` first).
@@ -238,7 +250,10 @@ def run_benchmark(
     if calibration is None:
         raise ConfigError("the bundle has no incident calibration: run `workbench calibrate-incidents` first")
     threshold = float(calibration.alert["threshold"])
-    fleets = {spec.name: run_fleet(bundle, spec, progress=progress, scale=scale) for spec in specs}
+    fleets = {
+        spec.name: run_fleet(bundle, spec, progress=progress, scale=scale, warning_stride=warning_stride)
+        for spec in specs
+    }
     rules, probs, tables, fleet_rows = [], [], [], []
     for name, fleet in fleets.items():
         scored = early_warning(fleet.alarms, fleet.incidents, fleet.window, rules=list(RULES))
