@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-import numpy as np
 
 from workbench import contract as c
 from workbench.manifest import BundleManifest, read_manifest
@@ -125,29 +124,11 @@ def _nothing_to_forecast(store: WindowStore, shape: BundleManifest) -> Forecast 
     """
     from workbench.inference.forecast import Forecast
 
-    hist = store.histories()
-    need = shape.min_encoder_length
-    ready = [s for s, n in hist.items() if n >= need]
-    missing: dict[str, list[str]] = {}
-    if ready:
-        windows = store.windows(ready, shape.max_encoder_length, np.array([hist[s] for s in ready]))
-        absent = np.isnan(windows.values[:, 0, :])  # reading fills gaps: NaN at the first step is no value at all
-        if not absent.any(axis=1).all():
-            return None
-        for server, row in zip(ready, absent, strict=True):
-            missing[server] = [t for t, a in zip(shape.targets, row, strict=True) if a]
-    m = len(shape.targets)
-    return Forecast(
-        servers=[],
-        profiles=[],
-        targets=shape.targets,
-        last_step=np.zeros(0, dtype=np.int64),
-        quantiles=np.zeros((0, m, shape.horizon, 3)),
-        current=np.zeros((0, m)),
-        warming_up={s: n for s, n in hist.items() if n < need},
-        missing=missing,
-        min_history=need,
-    )
+    readiness = store.readiness(None, shape.min_encoder_length, shape.max_encoder_length)
+    if readiness.forecastable.any():
+        return None
+    targets, need = shape.targets, shape.min_encoder_length
+    return Forecast.empty(targets, shape.horizon, need, readiness.warming_up, readiness.missing)
 
 
 def _model_forecast(bundle: Path, device: str, reference: bool, frame: pl.DataFrame, store: WindowStore) -> Forecast:

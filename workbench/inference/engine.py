@@ -78,21 +78,11 @@ class Engine:
     def forecast(self, servers: list[str] | None = None) -> Forecast:
         """Forecast ``servers`` (default: all held) that have enough history; list the others as warming up."""
         started = time.perf_counter()
-        hist = self.store.histories()
-        names = list(hist) if servers is None else [s for s in servers if s in hist]
         need = self.spec.min_encoder_length
-        ready = [s for s in names if hist[s] >= need]
-        warming = {s: hist[s] for s in names if hist[s] < need}
-        windows = self.store.windows(ready, self.spec.max_encoder_length, np.array([hist[s] for s in ready]))
-        # Reading fills every gap, so a target still NaN at the first step has no value in the window.
-        absent = np.isnan(windows.values[:, 0, :]) if len(ready) else np.zeros((0, len(self.spec.targets)), bool)
-        missing = {
-            s: [t for t, a in zip(self.spec.targets, row, strict=True) if a]
-            for s, row in zip(ready, absent, strict=True)
-            if row.any()
-        }
-        if missing:
-            windows = _select(windows, ~absent.any(axis=1))
+        readiness = self.store.readiness(servers, need, self.spec.max_encoder_length)
+        windows = readiness.windows
+        if readiness.missing:
+            windows = _select(windows, readiness.forecastable)
         raw = self.predict(windows)
         self.last_seconds = time.perf_counter() - started
         return Forecast(
@@ -102,8 +92,8 @@ class Engine:
             last_step=windows.last_step,
             quantiles=postprocess(raw, self.spec.targets),
             current=_current(windows),
-            warming_up=warming,
-            missing=missing,
+            warming_up=readiness.warming_up,
+            missing=readiness.missing,
             min_history=need,
             recent=_recent(windows),
             levels=tuple(self.bundle.config.quantiles),

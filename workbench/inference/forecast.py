@@ -87,6 +87,29 @@ class Forecast:
     levels: tuple[float, ...] = c.QUANTILE_LEVELS
     baseline: np.ndarray | None = None
 
+    @classmethod
+    def empty(
+        cls,
+        targets: tuple[str, ...],
+        horizon: int,
+        min_history: int,
+        warming_up: dict[str, int],
+        missing: dict[str, list[str]] | None = None,
+    ) -> Forecast:
+        """Return the forecast of a fleet of which no server could be forecast (no numbers)."""
+        m = len(targets)
+        return cls(
+            servers=[],
+            profiles=[],
+            targets=targets,
+            last_step=np.zeros(0, dtype=np.int64),
+            quantiles=np.zeros((0, m, horizon, 3)),
+            current=np.zeros((0, m)),
+            warming_up=warming_up,
+            missing=missing or {},
+            min_history=min_history,
+        )
+
     @property
     def horizon(self) -> int:
         """Steps ahead."""

@@ -41,7 +41,8 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
     warming = {str(s): int(n) for s, n in lengths[lengths < spec.min_encoder_length].items()}
     model_frame = model_frame[model_frame[c.SERVER].isin(ready)]
     if model_frame.empty:
-        return _empty(bundle, warming)
+        spec = bundle.spec
+        return Forecast.empty(spec.targets, spec.horizon, spec.min_encoder_length, warming)
     dataset = spec.build(with_future(model_frame, spec.horizon), predict=True)
     device = next(bundle.network.parameters()).device
     with warnings.catch_warnings(), quiet_lightning():
@@ -73,20 +74,6 @@ def reference_forecast(bundle: Bundle, frame: pl.DataFrame, *, batch_size: int =
         current=last.loc[servers, list(spec.targets)].to_numpy(dtype=np.float64),
         warming_up=warming,
         min_history=spec.min_encoder_length,
-    )
-
-
-def _empty(bundle: Bundle, warming: dict[str, int]) -> Forecast:
-    n_targets, h = len(bundle.spec.targets), bundle.spec.horizon
-    return Forecast(
-        servers=[],
-        profiles=[],
-        targets=bundle.spec.targets,
-        last_step=np.zeros(0, dtype=np.int64),
-        quantiles=np.zeros((0, n_targets, h, 3)),
-        current=np.zeros((0, n_targets)),
-        warming_up=warming,
-        min_history=bundle.spec.min_encoder_length,
     )
 
 

@@ -70,6 +70,28 @@ class Windows:
     last_step: np.ndarray
 
 
+@dataclass
+class Readiness:
+    """Which servers a model can forecast now, by the engine's rule, and the windows it would read.
+
+    Attributes:
+        warming_up: Servers with less history than needed, and the steps each has.
+        windows: The windows of the servers with enough history.
+        absent: ``(servers of windows, metrics)``: a metric with no value in the window.
+        missing: Servers with enough history that lack a metric, and which.
+    """
+
+    warming_up: dict[str, int]
+    windows: Windows
+    absent: np.ndarray
+    missing: dict[str, list[str]]
+
+    @property
+    def forecastable(self) -> np.ndarray:
+        """Mask over ``windows``: every metric has a value."""
+        return np.asarray(~self.absent.any(axis=1))
+
+
 class WindowStore:
     """Per-server ring buffers of the last ``capacity`` steps of each metric."""
 
@@ -373,6 +395,25 @@ class WindowStore:
         out = np.empty(len(slots), dtype=np.int64)
         _run_lengths(np.asarray(slots, dtype=np.int64), self._last, self._cnt, self.max_gap_steps, out)
         return out
+
+    def readiness(self, names: list[str] | None, min_history: int, length: int) -> Readiness:
+        """Split ``names`` (default: all held) into warming up, lacking a metric, and forecastable.
+
+        A server is ready when its current run of history (:meth:`histories`) reaches
+        ``min_history``; its window of ``length`` steps is read, and a metric still NaN at the
+        first step has no value in it (reading fills every gap).
+        """
+        hist = self.histories()
+        held = list(hist) if names is None else [s for s in names if s in hist]
+        ready = [s for s in held if hist[s] >= min_history]
+        windows = self.windows(ready, length, np.array([hist[s] for s in ready], dtype=np.int64))
+        absent = np.isnan(windows.values[:, 0, :]) if ready else np.zeros((0, len(self.metrics)), bool)
+        missing = {
+            s: [m for m, a in zip(self.metrics, row, strict=True) if a]
+            for s, row in zip(ready, absent, strict=True)
+            if row.any()
+        }
+        return Readiness({s: hist[s] for s in held if hist[s] < min_history}, windows, absent, missing)
 
     def windows(self, names: list[str], length: int, history: np.ndarray | None = None) -> Windows:
         """Return the last ``length`` steps (fewer when history is shorter) of ``names``.
