@@ -15,7 +15,7 @@ from workbench.early_warning import IncidentCalibration
 from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic, Logistic, WindowModel
 from workbench.early_warning.features import FEATURES
 from workbench.errors import ConfigError
-from workbench.inference.forecast import RECENT_STEPS, Forecast
+from workbench.forecast import RECENT_STEPS, Forecast
 from workbench.thresholds import Thresholds
 
 H = c.HORIZON_STEPS

@@ -8,7 +8,7 @@ import pytest
 from workbench import contract as c
 from workbench.alerts import Alert, AlertTracker, next_severity, predictive_alerts
 from workbench.errors import ConfigError
-from workbench.inference.forecast import Forecast
+from workbench.forecast import Forecast
 from workbench.thresholds import Level, Thresholds
 
 H = c.HORIZON_STEPS

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.inference import SOURCE_TFT
+from workbench.forecast import SOURCE_TFT
 from workbench.inference.engine import Engine
 from workbench.model import load_bundle
 

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from workbench import contract as c
-from workbench.inference.forecast import SOURCE_MISSING, SOURCE_TFT, SOURCE_WARMING_UP, Forecast
+from workbench.forecast import SOURCE_MISSING, SOURCE_TFT, SOURCE_WARMING_UP, Forecast
 
 TARGETS = ("cpu_pct", "mem_pct")
 

@@ -11,7 +11,7 @@ from workbench.early_warning import FEATURES, IncidentCalibration, WarningSet, f
 from workbench.early_warning.calibrator import WINDOW_STEPS, Isotonic, Logistic, WindowModel
 from workbench.errors import BundleError, ConfigError
 from workbench.evaluation.probability import brier_skill, expected_calibration_error, reliability
-from workbench.inference.forecast import Forecast, history_baseline
+from workbench.forecast import Forecast, history_baseline
 from workbench.thresholds import Thresholds
 
 H = c.HORIZON_STEPS

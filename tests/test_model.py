@@ -11,7 +11,7 @@ import torch
 
 from workbench import contract as c
 from workbench.errors import BundleError, ConfigError, ContractError
-from workbench.inference import SOURCE_TFT, SOURCE_WARMING_UP
+from workbench.forecast import SOURCE_TFT, SOURCE_WARMING_UP
 from workbench.inference.reference import reference_forecast
 from workbench.model import TrainConfig, load_bundle
 

@@ -14,7 +14,7 @@ import workbench
 from workbench import contract as c
 from workbench.adapters.units import MIB
 from workbench.alerts import Alert
-from workbench.inference.forecast import Forecast
+from workbench.forecast import Forecast
 from workbench.model import load_bundle
 from workbench.risk import risk
 from workbench.service.generator_app import encode_step

@@ -6,7 +6,7 @@ import pytest
 
 from workbench import contract as c
 from workbench.errors import ConfigError
-from workbench.inference.forecast import Forecast, postprocess
+from workbench.forecast import Forecast, postprocess
 from workbench.risk import (
     HIGH_RISK_SCORE,
     WINDOW_8H_STEPS,

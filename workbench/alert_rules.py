@@ -11,7 +11,7 @@
   reaches a level for some ``t`` within the horizon.
 * :class:`StaticRule` (``static``): the current value is at or past a level.
 
-Every rule reads only the :class:`~workbench.inference.forecast.Forecast` (quantiles, current
+Every rule reads only the :class:`~workbench.forecast.Forecast` (quantiles, current
 values, the last hour) and the levels, so the daemon, its worker, the backtest and the report
 run the same objects.
 """
@@ -32,7 +32,7 @@ from workbench.risk import exceedance_probability
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
 
 WATCH_SHARE = 0.5  # the calibrated rule warns from half its alert threshold
 STEP_MINUTES = c.STEP_SECONDS // 60

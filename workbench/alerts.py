@@ -25,7 +25,7 @@ from workbench.errors import ConfigError
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:  # the forecast module imports torch; alerts and risk need only numpy
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
 
 Severity = Literal["warning", "critical"]
 Status = Literal["firing", "holding"]

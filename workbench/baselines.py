@@ -1,7 +1,7 @@
 """Baseline forecasters measured next to the TFT: seasonal naive, last value and ``predict_linear``.
 
 Each baseline turns a :class:`Panel` (dense per-server history ending at one origin) into a
-:class:`~workbench.inference.forecast.Forecast` of the same shape as the engine's, with
+:class:`~workbench.forecast.Forecast` of the same shape as the engine's, with
 ``source`` set to the baseline's name. The p50 is the rule's point forecast; the p10 and p90
 add the empirical 10 % and 90 % quantiles of the rule's own in-sample residuals, per server,
 metric and horizon step, computed on the history the rule sees (the last ``residual_origins``
@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from workbench import contract as c
-from workbench.inference.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
+from workbench.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
 
 SEASON_STEPS = 288
 LINEAR_WINDOW_STEPS = RECENT_STEPS  # predict_linear(v[1h], ...) sees one hour of samples

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from workbench.errors import BundleError, ConfigError, ServiceError
-from workbench.inference.forecast import SOURCE_TFT
+from workbench.forecast import SOURCE_TFT
 from workbench.service.settings import DEFAULT_HOST, GENERATOR_PORT, INFERENCE_PORT, LOG_LEVELS
 from workbench.simulator.scenarios import SCENARIO_NAMES
 

@@ -18,7 +18,7 @@ from workbench.manifest import BundleManifest, read_manifest
 if TYPE_CHECKING:
     import polars as pl
 
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
     from workbench.inference.window import WindowStore
 
 _PATH = click.Path(path_type=Path)
@@ -122,7 +122,7 @@ def _nothing_to_forecast(store: WindowStore, shape: BundleManifest) -> Forecast 
     target has a value in its window. Returns ``None`` when some server is ready (the model is
     needed); otherwise every server is warming up or lacks a target, and no model is loaded.
     """
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
 
     readiness = store.readiness(None, shape.min_encoder_length, shape.max_encoder_length)
     if readiness.forecastable.any():
@@ -140,13 +140,7 @@ def _model_forecast(bundle: Path, device: str, reference: bool, frame: pl.DataFr
     model = load_bundle(bundle, device=None if device == "auto" else device)
     if reference:
         return reference_forecast(model, frame)
-    engine = Engine(model)
-    settings = ("capacity", "metrics", "max_gap_steps", "max_servers")
-    if all(getattr(engine.store, name) == getattr(store, name) for name in settings):
-        engine.store = store  # the windows already read for the warm-up check, not read twice
-    else:
-        engine.ingest(frame)
-    return engine.forecast()
+    return Engine(model).forecast(store=store)  # the windows already read for the warm-up check
 
 
 def _forecast_table(result: Forecast) -> pl.DataFrame:
@@ -158,7 +152,7 @@ def _forecast_table(result: Forecast) -> pl.DataFrame:
     import polars as pl
     import polars.selectors as cs
 
-    from workbench.inference.forecast import SOURCE_MISSING, SOURCE_WARMING_UP
+    from workbench.forecast import SOURCE_MISSING, SOURCE_WARMING_UP
 
     summary = result.summary()
     forecast = summary.filter(~pl.col("source").is_in([SOURCE_WARMING_UP, SOURCE_MISSING]))

@@ -10,7 +10,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from workbench import contract as c
-from workbench.inference.forecast import Forecast
+from workbench.forecast import Forecast
 from workbench.simulator.incidents import PRIMARY_METRICS
 from workbench.thresholds import Thresholds
 

@@ -39,7 +39,7 @@ from workbench.errors import ConfigError
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:  # the forecast module imports torch; alerts and risk need only numpy
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
 
 Tails = Literal["exponential", "linear"]
 WINDOW_30M_STEPS = 30 * 60 // c.STEP_SECONDS

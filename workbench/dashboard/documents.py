@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workbench import contract as c
-from workbench.inference.forecast import SOURCE_TFT, SOURCE_WARMING_UP
+from workbench.forecast import SOURCE_TFT, SOURCE_WARMING_UP
 
 __all__ = ["SOURCE_TFT", "SOURCE_WARMING_UP"]  # re-exported for the panels
 

@@ -36,7 +36,7 @@ from workbench import contract as c
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:  # the forecast module imports numba; features need only numpy
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
 
 WINDOWS: tuple[tuple[str, int, int], ...] = (("30m", 0, 6), ("2h", 6, 24), ("8h", 24, c.HORIZON_STEPS))
 FEATURES: tuple[str, ...] = (

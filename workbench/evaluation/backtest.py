@@ -40,7 +40,7 @@ from workbench.errors import ConfigError
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.evaluation.warning import ALARM_SCHEMA, EarlyWarning, Window, early_warning
 from workbench.inference.engine import Engine
-from workbench.inference.forecast import SOURCE_TFT, Forecast
+from workbench.forecast import SOURCE_TFT, Forecast
 from workbench.model.bundle import Bundle
 from workbench.thresholds import Thresholds
 

@@ -37,7 +37,7 @@ from workbench.evaluation.backtest import TFT, HistoryFeeder, scored_panels
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.evaluation.summary import COVERAGE_TARGET
 from workbench.inference.engine import Engine
-from workbench.inference.forecast import Forecast
+from workbench.forecast import Forecast
 from workbench.model.bundle import Bundle
 
 BUSY_METRIC = "cpu_pct"

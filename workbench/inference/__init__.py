@@ -1,10 +1,7 @@
-"""Inference stage: windows, the fast engine, and the forecast type.
+"""Inference stage: rolling windows and the fast engine.
 
 Import the heavy parts from their modules: :mod:`workbench.inference.engine` (the fast path),
-:mod:`workbench.inference.reference` (pytorch-forecasting's own predict path). This package's
-top level stays light (numpy and polars only) for the service and the dashboard.
+:mod:`workbench.inference.reference` (pytorch-forecasting's own predict path). The forecast type
+lives in :mod:`workbench.forecast`, outside this package, for the processes that never run the
+network (the daemon's request process, the dashboard).
 """
-
-from workbench.inference.forecast import SOURCE_MISSING, SOURCE_TFT, SOURCE_WARMING_UP, Forecast
-
-__all__ = ["SOURCE_MISSING", "SOURCE_TFT", "SOURCE_WARMING_UP", "Forecast"]

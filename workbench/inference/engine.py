@@ -16,7 +16,7 @@ import polars as pl
 import torch
 
 from workbench import contract as c
-from workbench.inference.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
+from workbench.forecast import RECENT_STEPS, Forecast, history_baseline, postprocess
 from workbench.inference.inputs import build_inputs
 from workbench.inference.speedups import optimise
 from workbench.inference.window import IngestReport, WarmupStatus, Windows, WindowStore
@@ -75,11 +75,22 @@ class Engine:
         need = self.spec.min_encoder_length
         return WarmupStatus(need, hist, sum(1 for n in hist.values() if n >= need))
 
-    def forecast(self, servers: list[str] | None = None) -> Forecast:
-        """Forecast ``servers`` (default: all held) that have enough history; list the others as warming up."""
+    def forecast(self, servers: list[str] | None = None, *, store: WindowStore | None = None) -> Forecast:
+        """Forecast ``servers`` that have enough history; list the others as warming up.
+
+        Args:
+            servers: Which servers (default: all held).
+            store: The windows to read (default: the engine's own, fed by :meth:`ingest`); a
+                caller that keeps its own windows (the daemon's forecaster, the command line)
+                passes them here, and the engine's own are left as they are.
+
+        Raises:
+            ValueError: when ``store`` holds other metrics or fewer steps than the model reads.
+        """
         started = time.perf_counter()
+        store = self.store if store is None else self._check(store)
         need = self.spec.min_encoder_length
-        readiness = self.store.readiness(servers, need, self.spec.max_encoder_length)
+        readiness = store.readiness(servers, need, self.spec.max_encoder_length)
         windows = readiness.windows
         if readiness.missing:
             windows = _select(windows, readiness.forecastable)
@@ -99,6 +110,14 @@ class Engine:
             levels=tuple(self.bundle.config.quantiles),
             baseline=history_baseline(windows.values, windows.lengths),
         )
+
+    def _check(self, store: WindowStore) -> WindowStore:
+        if tuple(store.metrics) != tuple(self.spec.targets) or store.capacity < self.spec.max_encoder_length:
+            raise ValueError(
+                f"windows of {list(store.metrics)} x {store.capacity} steps do not fit a model of "
+                f"{list(self.spec.targets)} x {self.spec.max_encoder_length} steps"
+            )
+        return store
 
     def predict(self, windows: Windows) -> np.ndarray:
         """Run the network on windows in batches; return ``(servers, targets, horizon, 3)`` quantiles.

@@ -10,7 +10,7 @@ import polars as pl
 
 from workbench import contract as c
 from workbench.features import TIME_IDX, to_model_frame, with_future
-from workbench.inference.forecast import Forecast, postprocess
+from workbench.forecast import Forecast, postprocess
 from workbench.model.bundle import Bundle
 from workbench.model.train import quiet_lightning
 

@@ -24,7 +24,7 @@ from workbench import contract as c
 from workbench.alert_rules import make_rule
 from workbench.alerts import Alert, AlertTracker
 from workbench.early_warning.calibrator import IncidentCalibration
-from workbench.inference.forecast import QUANTILE_NAMES, Forecast
+from workbench.forecast import QUANTILE_NAMES, Forecast
 from workbench.inference.window import WindowStore
 from workbench.risk import RiskReport, risk
 from workbench.service.prom import render_forecast
@@ -148,7 +148,7 @@ class Forecaster:
     """Forecasts copies of the windows and keeps the alerts' hysteresis between forecasts.
 
     Args:
-        engine: The engine (its ``store`` is replaced by each copy).
+        engine: The engine (it reads each copy of the windows; its own are never used).
         documents: The encoder of results.
     """
 
@@ -165,8 +165,7 @@ class Forecaster:
             ValueError: when the state is malformed or the network's output is not finite.
         """
         started = time.monotonic()
-        self.engine.store = WindowStore.from_state(state)
-        result = self.engine.forecast()
+        result = self.engine.forecast(store=WindowStore.from_state(state))
         update = self.tracker.update(result, self.documents.thresholds)
         report = risk(result, self.documents.thresholds, incidents=self.documents.incidents)
         self.last = (result, update.active)

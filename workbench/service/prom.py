@@ -28,12 +28,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 import workbench
 from workbench import contract as c
-from workbench.inference.forecast import QUANTILE_NAMES
+from workbench.forecast import QUANTILE_NAMES
 from workbench.risk import HIGH_RISK_SCORE
 
 if TYPE_CHECKING:
     from workbench.alerts import Alert
-    from workbench.inference.forecast import Forecast
+    from workbench.forecast import Forecast
     from workbench.risk import RiskReport
     from workbench.service.alertmanager import AlertmanagerPusher
     from workbench.service.ingest import Ingestor
