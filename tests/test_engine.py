@@ -14,10 +14,9 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 )
 
 from workbench import contract as c
-from workbench.forecast import SOURCE_TFT, SOURCE_WARMING_UP
+from workbench.forecast import SOURCE_MISSING, SOURCE_TFT, SOURCE_WARMING_UP, postprocess
 from workbench.inference import fastmath, speedups, vsn_kernel
 from workbench.inference.engine import Engine
-from workbench.forecast import SOURCE_MISSING, postprocess
 from workbench.inference.fused_vsn import KERNEL_BLOCK, FusedVariableSelection, elu, norm_columns
 from workbench.inference.reference import reference_forecast, scaled_difference
 from workbench.inference.speedups import FullLengthLSTM, FusedAttention, FusedGateAddNorm, FusedGRN

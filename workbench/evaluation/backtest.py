@@ -39,8 +39,8 @@ from workbench.early_warning.features import warning_features
 from workbench.errors import ConfigError
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.evaluation.warning import ALARM_SCHEMA, EarlyWarning, Window, early_warning
-from workbench.inference.engine import Engine
 from workbench.forecast import SOURCE_TFT, Forecast
+from workbench.inference.engine import Engine
 from workbench.model.bundle import Bundle
 from workbench.thresholds import Thresholds
 

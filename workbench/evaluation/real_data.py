@@ -36,8 +36,8 @@ from workbench.errors import ConfigError
 from workbench.evaluation.backtest import TFT, HistoryFeeder, scored_panels
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
 from workbench.evaluation.summary import COVERAGE_TARGET
-from workbench.inference.engine import Engine
 from workbench.forecast import Forecast
+from workbench.inference.engine import Engine
 from workbench.model.bundle import Bundle
 
 BUSY_METRIC = "cpu_pct"

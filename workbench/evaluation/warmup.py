@@ -21,8 +21,8 @@ from workbench.baselines import SEASON_STEPS, panel_from_frame, step_of
 from workbench.errors import ConfigError
 from workbench.evaluation.backtest import HistoryFeeder
 from workbench.evaluation.metrics import ScoreBoard, seasonal_scale
-from workbench.inference.engine import Engine
 from workbench.forecast import postprocess
+from workbench.inference.engine import Engine
 from workbench.model.bundle import Bundle
 
 DEFAULT_LENGTHS = (12, 24, 36, 48, 72, 96, 144, 288)
