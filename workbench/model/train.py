@@ -124,6 +124,37 @@ def train(
     network = untrained_network(spec, model_frame, config)
     data = TrainingData.build(model_frame, spec, network.hparams, config, cutoff, incidents)
     best = BestWeights()
+    trainer = fit_network(network, data, config, best, progress=progress, loggers=loggers)
+    if best.state is not None:
+        network.load_state_dict(best.state)
+    network = network.to("cpu").eval()
+    calibration = fit_band_calibration(network, data)
+    info = training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
+    info["calibration"] = calibration.record if calibration else {"skipped": "too few validation windows"}
+    info["sampler"] = data.record()
+    info["loss"] = loss_record(config, spec)
+    info["distributed"] = distributed_record(trainer, config)
+    if tracking is not None and loggers:
+        info["logs"] = tracking.record(loggers)
+    if holdout is not None:
+        info[HOLDOUT_KEY] = holdout.to_json()
+        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
+    log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
+    hparams = network_hparams(network)
+    return Bundle(network=network, spec=spec, config=config, hparams=hparams, training=info, calibration=calibration)
+
+
+def fit_network(
+    network: Any,
+    data: TrainingData,
+    config: TrainConfig,
+    best: BestWeights,
+    *,
+    progress: bool,
+    loggers: list[Logger],
+) -> lp.Trainer:
+    """Fit ``network`` in place with Lightning under early stopping; ``best`` keeps the best epoch's weights."""
+    network.train()  # Lightning keeps the modes it finds: a loaded network is in eval mode (no dropout)
     with quiet_lightning():
         trainer = _trainer(config, [best, RunLog(config, best)], progress, loggers)
         with warnings.catch_warnings():
@@ -135,23 +166,7 @@ def train(
             warnings.filterwarnings("ignore", r".*is smaller than the logging interval Trainer\(log_every_n_steps.*")
             with sped_up(network):
                 trainer.fit(network, train_dataloaders=data.train_loader, val_dataloaders=data.val_loader)
-    if best.state is not None:
-        network.load_state_dict(best.state)
-    network = network.to("cpu").eval()
-    calibration = fit_band_calibration(network, data)
-    info = _training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
-    info["calibration"] = calibration.record if calibration else {"skipped": "too few validation windows"}
-    info["sampler"] = data.record()
-    info["loss"] = loss_record(config, spec)
-    info["distributed"] = _distributed_record(trainer, config)
-    if tracking is not None and loggers:
-        info["logs"] = tracking.record(loggers)
-    if holdout is not None:
-        info[HOLDOUT_KEY] = holdout.to_json()
-        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
-    log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
-    hparams = network_hparams(network)
-    return Bundle(network=network, spec=spec, config=config, hparams=hparams, training=info, calibration=calibration)
+    return trainer
 
 
 def fit_band_calibration(network: Any, data: TrainingData, batch_size: int = 256) -> BandCalibration | None:
@@ -232,7 +247,8 @@ def untrained_network(spec: DatasetSpec, model_frame: pd.DataFrame, config: Trai
         return network_from_dataset(spec.build(sample.reset_index(drop=True), train=True), config, spec)
 
 
-def _distributed_record(trainer: lp.Trainer, config: TrainConfig) -> dict[str, Any]:
+def distributed_record(trainer: lp.Trainer, config: TrainConfig) -> dict[str, Any]:
+    """Describe the run's strategy, world size, precision and seeds for ``training.json``."""
     return {
         "strategy": type(trainer.strategy).__name__,
         "world_size": trainer.world_size,
@@ -254,9 +270,10 @@ def stop_reason(trainer: lp.Trainer) -> str:
     return "max_epochs"
 
 
-def _training_record(
+def training_record(
     frame: pl.DataFrame, config: TrainConfig, cutoff: int, best: BestWeights, trainer: lp.Trainer, seconds: float
 ) -> dict[str, Any]:
+    """Return the core of ``training.json``: the data, the epochs, the losses and what stopped the fit."""
     ts = frame[c.TIMESTAMP]
     return {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
