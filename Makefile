@@ -78,9 +78,10 @@ demo-forecast: $(STAMP) $(DEMO_DIR)/metrics  ## simulate a small fleet and print
 	test -f $(DEMO_MODEL)/model.safetensors || $(MAKE) demo-model
 	$(VENV)/bin/workbench forecast --bundle $(DEMO_MODEL) --data $(DEMO_DIR) --head 24
 
-demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model until early stopping (<= 5 min on 2 cores), then fit its incident probabilities
+demo-model: $(STAMP) $(DEMO_DIR)/metrics  ## retrain the demo model until early stopping (<= 5 min on 2 cores), then fit its incident probabilities and drift reference
 	$(VENV)/bin/workbench train --data $(DEMO_DIR) --out $(DEMO_MODEL) --preset demo
 	$(VENV)/bin/workbench calibrate-incidents --bundle $(DEMO_MODEL)
+	$(VENV)/bin/workbench drift-reference --bundle $(DEMO_MODEL) --data $(DEMO_DIR)
 
 # The evaluated model: 48 servers x 21 days of a scenario mix (the degrading scenario: a seeded
 # 15 % of servers at 4x the incident rate, the rest healthy); the last 3 days and a fifth of the
@@ -93,6 +94,7 @@ REF_TRAIN := $(VENV)/bin/workbench train --data $(REF_DATA) --preset reference -
 model: $(STAMP) $(REF_DATA)/metrics  ## train the reference model (incident-weighted windows) until early stopping (30-min bound), then calibrate it
 	$(REF_TRAIN) --set sampling=incidents --out $(REF_MODEL)
 	$(MAKE) calibrate
+	$(VENV)/bin/workbench drift-reference --bundle $(REF_MODEL) --data $(REF_DATA)
 
 model-uniform: $(STAMP) $(REF_DATA)/metrics  ## the same model with uniform windows: the early-warning report's "without" (about 25 min)
 	$(REF_TRAIN) --set sampling=uniform --out $(REF_UNIFORM)
@@ -132,6 +134,7 @@ $(REAL_DATA)/metrics:
 real-model: $(STAMP) $(REAL_DATA)/metrics  ## train models/real on Bitbrains (real preset: window-scaled loss, 5 metrics) until early stopping (80-min bound)
 	$(VENV)/bin/workbench train --data $(REAL_DATA) --out $(REAL_MODEL) --preset real --targets $(REAL_TARGETS) \
 		--holdout-days 7 --holdout-servers 0.2
+	$(VENV)/bin/workbench drift-reference --bundle $(REAL_MODEL) --data $(REAL_DATA)
 
 $(REAL_MODEL)/model.safetensors: | $(STAMP) $(REAL_DATA)/metrics
 	$(MAKE) real-model

@@ -5,9 +5,12 @@ step per 1,000-record batch) from a few client threads for a bounded time, and m
 ``/predictions/current`` a few times a second. Prints sustained feed throughput (records/s),
 p50/p99 latency of ``POST /feed/data`` and ``GET /predictions/current``, and the daemon's own
 forecast figures. Without ``--bundle`` it saves an untrained network of the ``tiny`` preset
-(timings do not depend on the weights).
+(timings do not depend on the weights). With ``--reload-at S`` it also hot-reloads a copy of the
+bundle (``POST /admin/reload``) S seconds into the feed, and checks that every acknowledged
+record is held: compare its feed p99 with a run without the option.
 
     .venv/bin/python benchmarks/service.py [--bundle models/fleet] [--servers 1000] [--seconds 20]
+    .venv/bin/python benchmarks/service.py --reload-at 8
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,10 +92,12 @@ def main() -> None:
     parser.add_argument("--reads-per-second", type=float, default=4.0)
     parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--interval", type=float, help="serve --interval (default: a forecast per new step)")
+    parser.add_argument("--reload-at", type=float, help="hot-reload a copy of the bundle this many seconds in")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(args.bundle) if args.bundle else untrained_tiny_bundle(Path(tmp) / "bundle")
+        args.reload_bundle = shutil.copytree(bundle, Path(tmp) / "reloaded") if args.reload_at is not None else None
         print("preparing payloads ...", file=sys.stderr)
         cycle = 48
         bodies, stamps = payloads(args.servers, args.batch, cycle)
@@ -160,7 +166,17 @@ def run(base: str, bodies: list[bytes], stamps: list[str], cycle: int, args: arg
                 assert r.status_code == 200
                 stop.wait(1 / args.reads_per_second)
 
+    reloads: list[dict] = []
+
+    def reloader() -> None:
+        if stop.wait(args.reload_at):
+            return
+        t0 = time.perf_counter()
+        r = httpx.post(base + "/admin/reload", json={"bundle": str(args.reload_bundle)}, timeout=600)
+        reloads.append({"status": r.status_code, "seconds": round(time.perf_counter() - t0, 2), "at": args.reload_at})
+
     threads = [threading.Thread(target=feeder) for _ in range(args.clients)] + [threading.Thread(target=reader)]
+    threads += [threading.Thread(target=reloader)] if args.reload_at is not None else []
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -170,6 +186,7 @@ def run(base: str, bodies: list[bytes], stamps: list[str], cycle: int, args: arg
         t.join()
     elapsed = time.perf_counter() - started
     status = httpx.get(base + "/status", timeout=30).json()
+    held = status["ingest"]["records_total"]
     t0 = time.perf_counter()
     metrics = httpx.get(base + "/metrics", timeout=60)
     scrape = time.perf_counter() - t0
@@ -186,6 +203,10 @@ def run(base: str, bodies: list[bytes], stamps: list[str], cycle: int, args: arg
         "records_per_second": round(accepted[0] / elapsed),
         "feed_requests": len(feed_lat),
         "feed_failures": failures[:5],
+        "records_held": held,
+        "acknowledged_records_lost": accepted[0] - held,
+        "reload": reloads[0] if reloads else None,
+        "bundle_reloads": status["bundle"]["reloads"],
         "feed_p50_ms": round(pct(feed_lat, 50), 1),
         "feed_p99_ms": round(pct(feed_lat, 99), 1),
         "predictions_reads": len(read_lat),

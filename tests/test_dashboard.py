@@ -88,6 +88,30 @@ def alert(server: str, severity: str = "critical") -> dict:
     }
 
 
+def summary_of(doc: dict) -> dict:
+    """The ``?view=summary`` form of a document (the daemon's shape, figures at 30 min, 2 h and 8 h)."""
+    servers = {}
+    for name, metrics in doc["predictions"].items():
+        first = next(iter(metrics.values()))
+        profile = doc["server_risk"][name].get("profile") or "generic"
+        if first["source"] != "tft":
+            servers[name] = {"profile": profile, **first}
+            continue
+        figures = {
+            metric: {
+                "current": e["current"],
+                "p50": [e["p50"][k] for k in (5, 23, 95)],
+                "p90": [e["p90"][k] for k in (5, 23, 95)],
+                "p90_max": max(e["p90"]),
+                "p90_max_minutes": 5 * (e["p90"].index(max(e["p90"])) + 1),
+            }
+            for metric, e in metrics.items()
+        }
+        servers[name] = {"profile": profile, "source": "tft", "metrics": figures}
+    rest = {key: value for key, value in doc.items() if key != "predictions"}
+    return {"servers": servers, **rest, "view": "summary", "lead_minutes": [30, 120, 480]}
+
+
 class FakeClient:
     """Serves canned documents; ``down`` makes every daemon call fail as a dead daemon would."""
 
@@ -100,14 +124,26 @@ class FakeClient:
         self.scenario = "healthy"
         self.scenario_calls: list[str] = []
         self.history_calls: list[str] = []
+        self.reads: list[str] = []  # "summary", or the servers asked for in full
 
     def _check(self) -> None:
         if self.down:
             raise DaemonUnreachable(f"cannot reach {self.daemon_url}: ConnectError", url=self.daemon_url)
 
-    def predictions(self) -> dict:
+    def predictions(self, servers: list[str] | None = None) -> dict:
         self._check()
-        return copy.deepcopy(self.doc)
+        self.reads.append("all" if servers is None else ",".join(servers))
+        doc = copy.deepcopy(self.doc)
+        if servers is not None:
+            for key in ("predictions", "server_risk"):
+                doc[key] = {n: v for n, v in doc[key].items() if n in servers}
+            doc["alerts"] = [a for a in doc["alerts"] if a["server"] in servers]
+        return doc
+
+    def summary(self) -> dict:
+        self._check()
+        self.reads.append("summary")
+        return summary_of(copy.deepcopy(self.doc))
 
     def status(self) -> dict:
         self._check()
@@ -136,6 +172,10 @@ class FakeClient:
             "metrics": {"cpu_pct": [30.0 + k for k in range(steps)], "mem_pct": [40.0] * steps},
             "forecast_start": (end + timedelta(minutes=5)).isoformat(),
         }
+
+    def archived(self, params: dict) -> dict:  # GET /history: this fake daemon keeps no history
+        self._check()
+        raise DaemonError(f"GET {self.daemon_url}/history answered 404: no history", url=self.daemon_url, status=404)
 
     def set_scenario(self, name: str) -> dict:
         self.scenario_calls.append(name)
@@ -252,6 +292,14 @@ def test_clicking_or_choosing_a_server_drills_down(dash, fake):
     assert list(dash.server_view.trace("history").y) == [40.0] * 24
 
 
+def test_the_fleet_reads_the_summary_and_only_the_selected_server_in_full(dash, fake):
+    assert fake.reads == ["summary", "ppdb001"]  # the riskiest, drawn first
+    dash.fleet.tiles["ppweb002"].click()
+    dash.refresh()
+    assert fake.reads[2:] == ["ppweb002", "summary", "ppweb002"] and "all" not in fake.reads
+    assert dash.fleet.tiles["ppdb001"].description == "ppdb001 85" and dash.fleet.shown[0] == "ppdb001"
+
+
 def test_warming_up_servers_show_no_fan(fake):
     fake.doc = document({"ppdb001": 85.0, "ppweb009": None})
     board = FleetDashboard(fake, history_steps=6)
@@ -354,7 +402,7 @@ def test_refreshing_does_not_grow_traces_or_widgets(dash, fake):
     for k in range(15):
         fake.doc = document({"ppdb001": 85.0 - k, "ppweb002": 20.0 + k, "ppweb003": 50.0}, alerts=[alert("ppdb001")])
         dash.refresh()
-    assert len(dash.server_view.figure.data) == traces == 6
+    assert len(dash.server_view.figure.data) == traces == len(TRACES)  # one trace each, never more
     assert widget_tree_size(dash) == tree and len(w.widgets.widget._instances) == instances
 
 
@@ -423,6 +471,11 @@ def test_client_requests_and_environment_defaults(monkeypatch):
     client = _client(handler, api_key="k3y")
     client.history("ppdb:001", 12)
     client.set_scenario("critical")
+    client.summary()
+    client.predictions(servers=["ppdb001", "ppweb002"])
+    client.predictions()
+    assert seen[2].url.params["view"] == "summary" and "gzip" in seen[2].headers["accept-encoding"]
+    assert seen[3].url.params.get_list("server") == ["ppdb001", "ppweb002"] and not seen[4].url.params
     assert seen[0].url.path == "/history/ppdb%3A001" or seen[0].url.raw_path.startswith(b"/history/ppdb%3A001")
     assert seen[0].url.params["steps"] == "12"
     assert seen[1].headers["X-API-Key"] == "k3y" and seen[1].url.host == "gen"

@@ -135,6 +135,8 @@ def test_forecasts_run_in_a_worker_process_that_is_restarted_after_a_crash_or_a_
         feed(client, steps(need))
         doc = wait_for(lambda: forecast_from(client, need - 1), timeout=180)  # the worker imports torch first
         assert doc["metadata"]["forecast_worker"] == "process"
+        summary = client.get("/predictions/current", params={"view": "summary"}).json()  # the index crossed the pipe
+        assert set(summary["servers"]) == set(doc["predictions"])
         worker = client.get("/status").json()["forecast_worker"]
         assert worker["mode"] == "process" and worker["pid"] not in (None, os.getpid()) and worker["restarts"] == 0
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
@@ -220,7 +222,10 @@ def test_openapi_describes_every_endpoint(make):
     assert {"200", "401", "413", "422"} <= set(feed_op["responses"])
     assert "APIKeyHeader" in doc["components"]["securitySchemes"]
     current = doc["paths"]["/predictions/current"]["get"]["responses"]["200"]["content"]["application/json"]
-    assert current["schema"]["$ref"].endswith("/PredictionsResponse")
+    assert {ref["$ref"].rsplit("/", 1)[-1] for ref in current["schema"]["anyOf"]} == {
+        "PredictionsResponse",
+        "PredictionsSummaryResponse",  # ?view=summary
+    }
 
 
 def test_oversized_bodies_get_413_and_the_daemon_keeps_serving(make):
@@ -279,7 +284,7 @@ def test_a_state_folder_of_another_bundle_is_refused(make, tmp_path):
     with TestClient(make()) as client:
         feed(client, steps(2))
     meta = json.loads((tmp_path / "state" / "snapshot.json").read_text())
-    meta["bundle"]["sha256"] = "0" * 64
+    meta["bundle"]["targets"] = meta["bundle"]["targets"][:2]
     (tmp_path / "state" / "snapshot.json").write_text(json.dumps(meta))
     with pytest.raises(StateError, match="another contract or bundle"):
         make()

@@ -104,8 +104,13 @@ def test_state_of_another_bundle_or_contract_is_refused(tmp_path, steps):
     state_dir.write_snapshot(journal.rotate(), recovered.store.state(), {"tick_count": 2, "records": 10})
     journal.close()
     state_dir.close()
-    other = StateDir(tmp_path, {**IDENTITY, "sha256": "def"})
-    with pytest.raises(StateError, match=r"another contract or bundle.*\n  bundle sha256: stored 'abc'"):
+    reloaded = StateDir(tmp_path, {**IDENTITY, "sha256": "def"})  # other weights, same windows: a reload
+    recovered, journal = reloaded.recover(empty)
+    assert recovered.tick_count == 2
+    journal.close()
+    reloaded.close()
+    other = StateDir(tmp_path, {**IDENTITY, "max_encoder_length": 48})
+    with pytest.raises(StateError, match=r"another contract or bundle.*\n  bundle max_encoder_length: stored 24"):
         other.recover(empty)
     other.close()
     meta = json.loads((tmp_path / SNAPSHOT_META).read_text())

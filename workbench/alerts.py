@@ -15,7 +15,7 @@ through the same hysteresis.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -299,6 +299,29 @@ class AlertTracker:
     def active(self) -> list[Alert]:
         """Active alerts, most urgent first."""
         return _ordered([state.alert for state in self._active.values()])
+
+    def export(self) -> list[dict[str, Any]]:
+        """Return the active alerts with their hysteresis, as plain JSON values (see :meth:`restore`)."""
+        return [
+            {key: value.item() if isinstance(value, np.generic) else value for key, value in asdict(s.alert).items()}
+            | {"below": s.below}
+            for s in self._active.values()
+        ]
+
+    def restore(self, exported: Sequence[dict[str, Any]]) -> None:
+        """Take over alerts another tracker exported (a reloaded model keeps the fleet's alerts).
+
+        Raises:
+            ConfigError: when an entry is not an exported alert.
+        """
+        for item in exported:
+            fields = dict(item)
+            below = fields.pop("below", 0)
+            try:
+                alert = Alert(**fields)
+            except TypeError as exc:
+                raise ConfigError(f"not an exported alert: {item!r}") from exc
+            self._active[(alert.server, alert.metric)] = _Active(alert, int(below))
 
     def update(self, forecast: Forecast, thresholds: Thresholds) -> AlertUpdate:
         """Fold one forecast into the active alerts and say what changed.

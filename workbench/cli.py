@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -17,6 +18,7 @@ from workbench import contract as c
 from workbench.adapters.cli import import_command
 from workbench.dashboard.launch import dashboard_command
 from workbench.demo import demo_command
+from workbench.drift_cli import drift_reference
 from workbench.early_warning.cli import calibrate_incidents
 from workbench.errors import WorkbenchError
 from workbench.forecast_cli import emit
@@ -25,11 +27,12 @@ from workbench.reporting.cli import report as report_command
 from workbench.service.cli import serve as serve_command
 from workbench.service.cli import stream as stream_command
 from workbench.service.forward_cli import forward as forward_command
+from workbench.service.history_cli import history as history_command
 from workbench.service.state_cli import state as state_command
 from workbench.simulator.scenarios import SCENARIO_NAMES
 
 if TYPE_CHECKING:
-    pass
+    from workbench.model.bundle import Bundle
 
 _PATH = click.Path(path_type=Path)
 
@@ -156,6 +159,16 @@ def generate(
     show_default=True,
     help="MLflow experiment of the run (env MLFLOW_EXPERIMENT_NAME).",
 )
+@click.option(
+    "--from",
+    "parent_dir",
+    type=_PATH,
+    metavar="BUNDLE",
+    help="Fine-tune this bundle on DATA instead of training anew: its weights, inputs and settings, at "
+    "0.1x its learning rate for at most 10 epochs (patience 2, 15 min); --set changes any setting but those "
+    "of the network's shape and inputs. OUT/training.json names the parent.",
+)
+@click.option("--overwrite", is_flag=True, help="With --from: replace what OUT holds (training anew always does).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the training progress bar.")
 def train(
     data: Path,
@@ -169,6 +182,8 @@ def train(
     log_dir: Path | None,
     mlflow_uri: str | None,
     mlflow_experiment: str,
+    parent_dir: Path | None,
+    overwrite: bool,
     progress: bool,
 ) -> None:
     """Train a multi-target TFT on DATA and save it as a safetensors + JSON bundle in OUT.
@@ -179,6 +194,10 @@ def train(
     ``workbench.model.TrainConfig``; any of them can be given with --set or in --config.
     The run is logged for TensorBoard in OUT/logs (``tensorboard --logdir OUT/logs``) and,
     with --mlflow-uri, to MLflow; OUT/training.json says where (``logs``).
+
+    With --from, the bundle is fine-tuned on DATA instead (servers it never saw included), and
+    the parent's and the child's losses on DATA's validation windows are compared: the child
+    keeps the parent's weights unless its own are better.
     """
     from workbench.data import read_frame, read_incidents
     from workbench.model import TrainConfig, save_bundle
@@ -189,7 +208,15 @@ def train(
     if targets:
         settings["targets"] = [t.strip() for t in targets.split(",") if t.strip()]
     settings.update(_parse_overrides(overrides))
-    config = TrainConfig.preset(preset, **settings)
+    if overwrite and parent_dir is None:
+        raise click.UsageError("--overwrite goes with --from (training anew always writes over OUT)")
+    parent = _parent_bundle(parent_dir, out, overwrite) if parent_dir is not None else None
+    if parent is not None:
+        from workbench.model.fine_tune import fine_tune_config
+
+        config = fine_tune_config(parent.config, settings)
+    else:
+        config = TrainConfig.preset(preset, **settings)
     frame = read_frame(data)
     holdout = None
     if holdout_days is not None or holdout_servers is not None:
@@ -201,7 +228,14 @@ def train(
         holdout = make_holdout(frame, test_days=holdout_days, test_servers=share, seed=config.seed)
     incidents = read_incidents(data) if config.sampling == "incidents" else None
     tracking = Tracking.for_bundle(out, log_dir=log_dir, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
-    bundle = fit(frame, config, holdout=holdout, incidents=incidents, progress=progress, tracking=tracking)
+    if parent is None:
+        bundle = fit(frame, config, holdout=holdout, incidents=incidents, progress=progress, tracking=tracking)
+    else:
+        from workbench.model.fine_tune import fine_tune
+
+        bundle = fine_tune(
+            parent, frame, config, holdout=holdout, incidents=incidents, progress=progress, tracking=tracking
+        )
     if not is_main_process():  # the other ranks of a distributed run leave the bundle to rank 0
         return
     path = save_bundle(bundle, out)
@@ -223,6 +257,47 @@ def train(
         click.echo(f"training logs: {logs['view']}")
     if "mlflow" in logs:
         click.echo(f"MLflow run {logs['mlflow']['run_id']} in {logs['mlflow']['tracking_uri']}")
+    if parent is not None:
+        _echo_fine_tune(t, path)
+
+
+def _parent_bundle(parent_dir: Path, out: Path, overwrite: bool) -> Bundle:
+    """Load the bundle to fine-tune, after checking that OUT may be written; refuse --preset and --targets."""
+    from workbench.model import load_bundle
+
+    ctx = click.get_current_context()
+    for name in ("preset", "targets"):
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--{name} does not go with --from: fine-tuning starts from the parent's settings")
+    if out.resolve() == parent_dir.resolve():
+        raise click.UsageError("--out must differ from --from: fine-tuning writes a new bundle beside its parent")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(errno.EEXIST, "output folder is not empty", str(out))
+    # The parent's incident calibration is not read: it was fitted for the parent's weights.
+    return load_bundle(parent_dir, device="cpu", incidents=False)
+
+
+def _echo_fine_tune(training: dict[str, Any], path: Path) -> None:
+    parent, tune = training["parent"], training["fine_tune"]
+    before, after = tune["val_loss_parent"], tune["val_loss_fine_tuned"]
+    click.echo(
+        f"fine-tuned {parent['name']} (sha256 {parent['sha256'][:12]}) at learning rate {tune['learning_rate']:g} "
+        f"for {tune['epochs']} epochs, stopped by {tune['stopped_by']}"
+    )
+    verdict = (
+        "kept the fine-tuned weights"
+        if tune["kept"] == "fine_tuned"
+        else "fine-tuning did not help: kept the parent's weights"
+    )
+    click.echo(
+        f"loss on the {tune['validation_windows']} new validation windows: parent {before:.4f} -> "
+        f"fine-tuned {after:.4f} ({(after - before) / before:+.1%}); {verdict}"
+    )
+    command = f"workbench calibrate-incidents --bundle {path}"
+    if tune["parent_incident_calibration"]:
+        click.echo(f"the parent's incident calibration was fitted for its weights and not copied: refit it ({command})")
+    else:
+        click.echo(f"no incident calibration (the parent had none either): fit one with {command}")
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -249,9 +324,11 @@ main.add_command(dashboard_command)
 main.add_command(demo_command)
 main.add_command(report_command)
 main.add_command(calibrate_incidents)
+main.add_command(drift_reference)
 main.add_command(import_command)
 main.add_command(forward_command)
 main.add_command(state_command)
+main.add_command(history_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

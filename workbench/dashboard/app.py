@@ -12,17 +12,19 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any
 
 import ipywidgets as w
 import traitlets as t
 
+from workbench import contract as c
 from workbench.dashboard import defaults as d
+from workbench.dashboard import hindsight
 from workbench.dashboard.alerts import AlertsTable
 from workbench.dashboard.client import DaemonApi
-from workbench.dashboard.documents import SOURCE_TFT, clock, server_rows
+from workbench.dashboard.documents import SOURCE_TFT, clock, forecast_start, server_rows
 from workbench.dashboard.environment import EnvironmentPanel
 from workbench.dashboard.fleet import FleetOverview
 from workbench.dashboard.scenario import ScenarioButtons
@@ -39,11 +41,14 @@ class Snapshot:
     """What one poll of the daemons returned (built off the kernel's loop, applied on it).
 
     Attributes:
-        predictions: ``GET /predictions/current`` (``None`` when the daemon failed).
+        predictions: ``GET /predictions/current?view=summary``, the fleet's figures (``None``
+            when the daemon failed).
         status: ``GET /status`` (``None`` when it failed).
         scenario: The generator's ``GET /scenario/status`` (``None`` when it failed).
         server: The server whose history was read.
+        selected: Its full forecast, ``GET /predictions/current?server=`` (empty when none or failed).
         history: Its ``GET /history/{server}`` (empty when none or failed).
+        past: Its forecast from the hours the fan chart compares with (:meth:`FleetDashboard.read_past`).
         daemon_error: Why the inference daemon failed ("" when it answered).
         unreachable: Whether it failed by not answering at all.
         generator_error: Why the generator failed ("" when it answered).
@@ -54,7 +59,9 @@ class Snapshot:
     status: dict[str, Any] | None = None
     scenario: dict[str, Any] | None = None
     server: str | None = None
+    selected: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
+    past: dict[str, Any] = field(default_factory=dict)
     daemon_error: str = ""
     unreachable: bool = False
     generator_error: str = ""
@@ -100,6 +107,8 @@ class FleetDashboard(w.VBox):
         self._latest: dict[str, Any] = {}
         self._thresholds_seen: dict[str, Any] | None = None
         self._history: dict[str, Any] = {}
+        self._selected: dict[str, Any] = {}  # the selected server's ?server= document: the fan chart's numbers
+        self._past: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_ok: datetime | None = None
         top = w.HBox([self.environment, self.scenario], layout=w.Layout(flex_flow="row wrap", gap="24px"))
@@ -108,6 +117,7 @@ class FleetDashboard(w.VBox):
         self.add_class("wb-dashboard")
         self.observe(self._on_change, ["state", "message"])
         self.fleet.observe(self._on_select, "selected_server")
+        self.server_view.observe(self._on_compare, "compare_hours")
         self._on_change()
 
     # ------------------------------------------------------------------ polling
@@ -120,11 +130,13 @@ class FleetDashboard(w.VBox):
         """Read the daemons' documents; touches no widget (safe in a worker thread)."""
         snap = Snapshot()
         try:
-            snap.predictions = self.client.predictions()
+            snap.predictions = self.client.summary()
             snap.status = self.client.status()
             snap.server = self.fleet.selected_server or _riskiest(snap.predictions)
-            if snap.server is not None and snap.server in (snap.predictions.get("predictions") or {}):
+            if snap.server is not None and snap.server in server_rows(snap.predictions):
+                snap.selected = self._read_forecast(snap.server)
                 snap.history = self._read_history(snap.server)
+                snap.past = self.read_past(snap.server, snap.history, snap.predictions)
         except DaemonError as exc:
             snap.predictions = snap.status = None
             snap.daemon_error, snap.unreachable = str(exc), isinstance(exc, DaemonUnreachable)
@@ -160,13 +172,15 @@ class FleetDashboard(w.VBox):
 
     def _show(self, snap: Snapshot) -> None:
         doc = snap.predictions or {}
-        self._latest, self._history = doc, snap.history
+        self._latest, self._history, self._past = doc, snap.history, snap.past
+        self._selected = snap.selected
         self.remove_class("wb-stale")
         self.fleet.servers = server_rows(doc)
         self.alerts.alerts = list(doc.get("alerts") or [])
         self.environment.environment = dict(doc.get("environment") or {})
         self._use_thresholds((doc.get("metadata") or {}).get("thresholds"))
         self.environment.warmup = dict((snap.status or {}).get("warmup") or {})
+        self.environment.fit = dict((doc.get("metadata") or {}).get("model_fit") or {})
         if snap.server is not None and self.fleet.selected_server != snap.server:
             self.fleet.selected_server = snap.server  # its observer sees the history already read
         self._update_server_view()
@@ -185,6 +199,14 @@ class FleetDashboard(w.VBox):
             self.state = "error"
             self.message = f"daemon error: {snap.daemon_error} · {last} · {retry}"
 
+    def _read_forecast(self, server: str) -> dict[str, Any]:
+        """Read one server's full forecast (``?server=``): the fleet view holds only the summary."""
+        try:
+            return self.client.predictions(servers=[server])
+        except DaemonError as exc:  # drawn without a fan; the next refresh tries again
+            log.info("no forecast for %s: %s", server, exc)
+            return {}
+
     def _read_history(self, server: str) -> dict[str, Any]:
         try:
             return self.client.history(server, self.history_steps)
@@ -196,23 +218,52 @@ class FleetDashboard(w.VBox):
         server = change["new"]
         if server is None or self._history.get("server") == server:
             return
-        self._history = self._read_history(server) if server in (self._latest.get("predictions") or {}) else {}
+        known = server in self.fleet.servers
+        self._selected = self._read_forecast(server) if known else {}
+        self._history = self._read_history(server) if known else {}
+        self._past = self.read_past(server, self._history, self._latest)
+        self._update_server_view()
+
+    def read_past(self, server: str, history: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+        """Read the forecast ``server`` was given ``compare_hours`` before its newest step (``{}``: overlay off).
+
+        Returns:
+            :func:`~workbench.dashboard.hindsight.past_forecast` with ``server``, or ``{"server",
+            "error"}`` when the daemon keeps no history or the read failed.
+        """
+        hours = self.server_view.compare_hours
+        start = forecast_start(history, (doc.get("metadata") or {}).get("data_time"))
+        if not hours or start is None:
+            return {}
+        at = start - timedelta(seconds=c.STEP_SECONDS) - timedelta(hours=hours)
+        try:
+            answer = self.client.archived(hindsight.query(server, at))
+        except DaemonError as exc:  # 404: the daemon keeps no history
+            log.info("no archived forecast for %s: %s", server, exc)
+            reason = "the daemon keeps no history" if exc.status == 404 else f"not read ({exc.status or 'no answer'})"
+            return {"server": server, "error": reason}
+        return {"server": server, **hindsight.past_forecast(list(answer.get("rows") or []), at)}
+
+    def _on_compare(self, _change: dict[str, Any]) -> None:
+        server = self.fleet.selected_server
+        self._past = self.read_past(server, self._history, self._latest) if server is not None else {}
         self._update_server_view()
 
     def _update_server_view(self) -> None:
         server = self.fleet.selected_server
-        forecasts = self._latest.get("predictions") or {}
-        if server is None or server not in forecasts:
+        if server is None or server not in self.fleet.servers:
             self.server_view.data = {}
             return
+        forecasts = self._selected.get("predictions") or {}
         row = self.fleet.servers.get(server, {})
         history = self._history if self._history.get("server") == server else {}
         self.server_view.data = {
             "server": server,
             "profile": row.get("profile"),
-            "forecast": forecasts[server],
+            "forecast": forecasts.get(server) or {},
             "history": history,
-            "data_time": (self._latest.get("metadata") or {}).get("data_time"),
+            "data_time": (self._selected.get("metadata") or self._latest.get("metadata") or {}).get("data_time"),
+            "past": self._past if self._past.get("server") == server else {},
         }
 
     # ------------------------------------------------------------------ live loop

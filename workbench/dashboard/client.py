@@ -1,6 +1,7 @@
 """A small HTTP client for the two daemons, as the dashboard needs them.
 
-Every call either returns the daemon's JSON document or raises: :class:`DaemonUnreachable`
+httpx asks for gzip and decodes it, which the daemon sends for its large documents. Every call
+either returns the daemon's JSON document or raises: :class:`DaemonUnreachable`
 when nothing answered (refused, timed out), :class:`DaemonError` when the answer was an error.
 The widgets never see an ``httpx`` exception.
 """
@@ -8,6 +9,7 @@ The widgets never see an ``httpx`` exception.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -24,8 +26,12 @@ class DaemonApi(Protocol):
     daemon_url: str
     generator_url: str
 
-    def predictions(self) -> dict[str, Any]:
-        """Return ``GET /predictions/current``."""
+    def predictions(self, servers: Sequence[str] | None = None) -> dict[str, Any]:
+        """Return ``GET /predictions/current`` (with ``servers``: only theirs, ``?server=``)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Return ``GET /predictions/current?view=summary``."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -34,6 +40,10 @@ class DaemonApi(Protocol):
 
     def history(self, server: str, steps: int) -> dict[str, Any]:
         """Return ``GET /history/{server}?steps=``."""
+        ...
+
+    def archived(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Return ``GET /history?kind=&server=&start=&end=&limit=`` (the daemon's history archive)."""
         ...
 
     def set_scenario(self, name: str) -> dict[str, Any]:
@@ -76,9 +86,17 @@ class DaemonClient:
         self._daemon = daemon_http or httpx.Client(timeout=timeout)
         self._generator = generator_http or httpx.Client(timeout=timeout)
 
-    def predictions(self) -> dict[str, Any]:
-        """Return the latest ``GET /predictions/current`` document."""
-        return self._get(self._daemon, f"{self.daemon_url}/predictions/current")
+    def predictions(self, servers: Sequence[str] | None = None) -> dict[str, Any]:
+        """Return the latest ``GET /predictions/current`` document (with ``servers``: only theirs).
+
+        Every step of every quantile: about 18 KB per server, gzip-compressed on the wire.
+        """
+        params = None if servers is None else {"server": list(servers)}
+        return self._get(self._daemon, f"{self.daemon_url}/predictions/current", params=params)
+
+    def summary(self) -> dict[str, Any]:
+        """Return the latest prediction's summary (``?view=summary``): a fleet table's figures, ~1 KB per server."""
+        return self._get(self._daemon, f"{self.daemon_url}/predictions/current", params={"view": "summary"})
 
     def status(self) -> dict[str, Any]:
         """Return the daemon's ``GET /status`` document (warm-up progress, counters)."""
@@ -89,6 +107,10 @@ class DaemonClient:
         name = quote(server, safe="")
         name = name.replace(".", "%2E") if set(name) == {"."} else name  # "." and ".." are valid names
         return self._get(self._daemon, f"{self.daemon_url}/history/{name}", params={"steps": steps})
+
+    def archived(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Return rows of the daemon's history archive (``GET /history``; 404 when it keeps none)."""
+        return self._get(self._daemon, f"{self.daemon_url}/history", params=params)
 
     def set_scenario(self, name: str) -> dict[str, Any]:
         """Switch the generator's scenario (``POST /scenario/set``) and return its answer."""

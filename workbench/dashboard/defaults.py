@@ -28,6 +28,7 @@ SCENARIO_STYLES = {"healthy": "success", "degrading": "warning", "critical": "da
 FAN_COLOUR = "#1565c0"
 FAN_FILL = "rgba(21, 101, 192, 0.18)"
 HISTORY_COLOUR = INK
+THEN_COLOUR = "#6a1b9a"  # a forecast issued hours ago, over what then arrived
 
 # Colours of the incident-probability bars (percent): a display choice, not an alert level.
 PROBABILITY_ELEVATED_PCT, PROBABILITY_HIGH_PCT = 20.0, 50.0

@@ -32,7 +32,7 @@ def server_rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Return one row per server of a predictions document: source, risk, profile, driver, warm-up.
 
     Args:
-        doc: A ``GET /predictions/current`` document.
+        doc: A ``GET /predictions/current`` document, full or summary (``?view=summary``).
 
     Returns:
         ``{server: {"source", "risk_score", "profile", "driver", "history_steps", "needed_steps"}}``;
@@ -40,18 +40,24 @@ def server_rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """
     risk = doc.get("server_risk") or {}
     rows: dict[str, dict[str, Any]] = {}
-    for server, metrics in (doc.get("predictions") or {}).items():
-        first: dict[str, Any] = next(iter(metrics.values()), {})
+    for server, first in _server_entries(doc).items():
         entry = risk.get(server) or {}
         rows[server] = {
             "source": first.get("source", SOURCE_WARMING_UP),
             "risk_score": entry.get("risk_score"),
-            "profile": entry.get("profile") or c.infer_profile(server),
+            "profile": entry.get("profile") or first.get("profile") or c.infer_profile(server),
             "driver": entry.get("driver"),
             "history_steps": first.get("history_steps"),
             "needed_steps": first.get("needed_steps"),
         }
     return rows
+
+
+def _server_entries(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each server's source and warm-up figures: its summary entry, or its first metric's in a full document."""
+    if "servers" in doc:
+        return dict(doc["servers"] or {})
+    return {server: next(iter(metrics.values()), {}) for server, metrics in (doc.get("predictions") or {}).items()}
 
 
 def forecast_start(history: dict[str, Any], data_time: str | None) -> datetime | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as w
@@ -17,10 +18,12 @@ class EnvironmentPanel(w.VBox):
     Attributes:
         environment: The ``environment`` object of ``GET /predictions/current``.
         warmup: The ``warmup`` object of ``GET /status`` (empty: unknown).
+        fit: The ``model_fit`` object of the document's metadata (drift state and reasons).
     """
 
     environment = t.Dict()
     warmup = t.Dict()
+    fit = t.Dict()
 
     def __init__(self, **kwargs: Any) -> None:
         self.p30m = w.HTML()
@@ -29,14 +32,16 @@ class EnvironmentPanel(w.VBox):
         self.p8h.add_class("wb-env-p8h")
         self.high_risk = w.HTML()
         self.health = w.HTML()
+        self.model_fit = w.HTML()
+        self.model_fit.add_class("wb-env-fit")
         self.gauges = [w.FloatProgress(min=0.0, max=100.0, description=lead) for lead in ("30 min", "8 h")]
         self.warmup_label = w.HTML()
         self.warmup_bar = w.FloatProgress(min=0.0, max=100.0, value=0.0, bar_style="info")
         self._warmup_box = w.VBox([self.warmup_label, self.warmup_bar], layout=w.Layout(display="none"))
-        figures = w.VBox([self.p30m, self.p8h, self.high_risk, self.health])
+        figures = w.VBox([self.p30m, self.p8h, self.high_risk, self.health, self.model_fit])
         super().__init__([w.HTML("<b>Environment</b>"), figures, w.VBox(self.gauges), self._warmup_box], **kwargs)
         self.add_class("wb-environment")
-        self.observe(self._on_change, ["environment", "warmup"])
+        self.observe(self._on_change, ["environment", "warmup", "fit"])
         self._on_change()
 
     @property
@@ -62,6 +67,7 @@ class EnvironmentPanel(w.VBox):
         health = str(env.get("fleet_health", "unknown"))
         colour = d.HEALTH_COLOURS.get(health, d.GREY)
         self.health.value = f'Fleet health: <b style="color:{colour}">{health}</b>'
+        self.model_fit.value = model_fit_text(self.fit)
         self._draw_gauges()
         self._show_warmup(self.warmup)
 
@@ -84,6 +90,24 @@ class EnvironmentPanel(w.VBox):
         )
         self.warmup_bar.value = progress
         self._warmup_box.layout.display = "flex"
+
+
+FIT_WORDS = {
+    "fits": ("#2e7d32", "the model fits"),
+    "inputs_shifted": ("#b35900", "inputs unlike training"),
+    "no_longer_fits": ("#c62828", "the model no longer fits"),
+    "warming_up": (d.GREY, "not scored yet"),
+}
+
+
+def model_fit_text(fit: dict[str, Any]) -> str:
+    """Return the drift line: the state in words, coloured, with its reasons (``GET /drift/status``)."""
+    if not fit:
+        return f'Model fit: <b style="color:{d.GREY}">unknown</b>'
+    colour, words = FIT_WORDS.get(str(fit.get("state")), (d.GREY, str(fit.get("state"))))
+    reasons = "; ".join(html.escape(str(r)) for r in fit.get("reasons") or [])
+    detail = f" <small>({reasons})</small>" if reasons else ""
+    return f'Model fit: <b style="color:{colour}" title="GET /drift/status">{words}</b>{detail}'
 
 
 def gauge_style(p: float, healthy: float | None) -> str:

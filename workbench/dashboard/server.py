@@ -21,9 +21,10 @@ from workbench.dashboard.documents import (
     plot_time,
 )
 from workbench.dashboard.figures import redraw_on_first_view
+from workbench.dashboard.hindsight import COMPARE_HOURS, error_bars
 from workbench.thresholds import Thresholds
 
-TRACES = ("p10", "p90", "p50", "history", "warning", "critical")
+TRACES = ("p10", "p90", "p50", "history", "warning", "critical", "then")  # then: a past forecast (hindsight)
 
 
 class ServerView(w.VBox):
@@ -38,22 +39,29 @@ class ServerView(w.VBox):
 
     Attributes:
         data: ``{"server", "profile", "forecast": {metric: entry}, "history": history document,
-            "data_time": ISO origin of the prediction}``; empty: nothing selected.
+            "data_time": ISO origin of the prediction, "past": a
+            :func:`~workbench.dashboard.hindsight.past_forecast`}``; empty: nothing selected.
         metric: The metric shown.
+        compare_hours: Overlay the forecast issued this many hours ago (0: none; the dashboard
+            reads it from the daemon's history archive).
     """
 
     data = t.Dict()
     metric = t.Enum(c.METRIC_NAMES, default_value="cpu_pct")
+    compare_hours = t.Int(0)
 
     def __init__(self, thresholds: Thresholds | None = None, **kwargs: Any) -> None:
         self.thresholds = thresholds or Thresholds()
         self._title = w.HTML("<b>Server</b> · click a tile to see its forecast")
         self._metric = w.Dropdown(options=list(c.METRIC_NAMES), value="cpu_pct", description="Metric")
+        hours = [("off", 0)] + [(f"{h} h ago", h) for h in COMPARE_HOURS if h]
+        self._compare_picker = w.Dropdown(options=hours, value=0, description="Forecast from")
         traces = [go.Scatter(x=[], y=[], **{"name": name, **_trace_style(name)}) for name in TRACES]
         self.figure = go.FigureWidget(data=traces, layout=_layout())
-        super().__init__([self._title, self._metric, self.figure], **kwargs)
+        super().__init__([self._title, w.HBox([self._metric, self._compare_picker]), self.figure], **kwargs)
         self.add_class("wb-server-view")
         w.link((self._metric, "value"), (self, "metric"))
+        w.link((self._compare_picker, "value"), (self, "compare_hours"))
         redraw_on_first_view(self.figure, self._blank, self._redraw)
         self.observe(self._on_change, ["data", "metric"])
 
@@ -101,6 +109,9 @@ class ServerView(w.VBox):
             for q in ("p10", "p50", "p90"):
                 self.trace(q).update(x=fx, y=entry.get(q, []) if fan else [])
             self.trace("history").update(x=hx, y=hy)
+            then = ((data.get("past") or {}).get("metrics") or {}).get(metric) if self.compare_hours else None
+            self.trace("then").update(x=then["x"] if then else [], y=then["p50"] if then else [],
+                                      error_y=error_bars(then) if then else {"visible": False})  # fmt: skip
             for name in ("warning", "critical"):
                 value = getattr(level, name) if level is not None and span else None
                 shown = value is not None
@@ -110,10 +121,22 @@ class ServerView(w.VBox):
             self.figure.layout.annotations = [_now_label(now)] if now else []
             unit = c.METRIC_BY_NAME[metric].unit
             self.figure.layout.yaxis.title.text = f"{metric} ({unit})"
-        self._title.value = _title(server, data.get("profile"), entry)
+        self._title.value = _title(server, data.get("profile"), entry) + _hindsight(self.compare_hours, data)
 
 
 _STEP = timedelta(seconds=c.STEP_SECONDS)
+
+
+def _hindsight(hours: int, data: dict[str, Any]) -> str:
+    """The title's note on the overlay: which forecast it shows, or why none."""
+    if not hours or not data.get("server"):
+        return ""
+    past = data.get("past") or {}
+    if "origin" not in past:
+        reason = past.get("error") or "none archived"
+        return f"<br><small>forecast from {hours} h ago: {escape(str(reason))}</small>"
+    origin = plot_time(parse_time(past["origin"]))
+    return f"<br><small>dots: the forecast issued at {origin} UTC ({hours} h ago), p10–p90 bars</small>"
 
 
 def _title(server: str | None, profile: str | None, entry: dict[str, Any]) -> str:
@@ -158,6 +181,12 @@ def _trace_style(name: str) -> dict[str, Any]:
         "history": {"mode": "lines", "line": {"width": 1.5, "color": d.HISTORY_COLOUR}},
         "warning": {"mode": "lines", "line": {"width": 1, "color": d.AMBER, "dash": "dash"}},
         "critical": {"mode": "lines", "line": {"width": 1, "color": d.RED, "dash": "dash"}},
+        "then": {
+            "mode": "lines+markers",
+            "line": {"width": 1, "color": d.THEN_COLOUR, "dash": "dot"},
+            "marker": {"size": 7, "color": d.THEN_COLOUR},
+            "name": "forecast then",
+        },
     }
     return styles[name]
 

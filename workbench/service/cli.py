@@ -77,6 +77,16 @@ _LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"])
     show_envvar=True,
     help="Alertmanager base URL (repeatable) that receives the active alerts after each forecast.",
 )
+@click.option(
+    "--history-dir", type=_PATH,
+    help="Keep accepted metrics, forecasts (30 min to 8 h ahead) and alert transitions as date-partitioned "
+    "parquet here, read by GET /history [default: STATE_DIR/history; none with --no-state].",
+)  # fmt: skip
+@click.option("--no-history", is_flag=True, help="Keep no history (GET /history answers 404).")
+@click.option(
+    "--history-days", type=click.IntRange(1, 36_500), default=30, show_default=True,
+    help="Days of history kept; older date partitions are deleted whole.",
+)  # fmt: skip
 @click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
 def serve(
     bundle: Path,
@@ -100,14 +110,17 @@ def serve(
     threads: int | None,
     alert_rule: str,
     alertmanagers: tuple[str, ...],
+    history_dir: Path | None,
+    no_history: bool,
+    history_days: int,
     log_level: str,
 ) -> None:
     """Run the inference daemon: POST /feed/data in, forecasts, alerts and risk out.
 
     \b
     Endpoints: POST /feed/data, GET /predictions/current, GET /alerts/active, GET /health,
-    GET /status, WS /ws/predictions, GET /metrics (Prometheus); the API at /docs and
-    /openapi.json. Stop with Ctrl-C or SIGTERM (a final snapshot is written).
+    GET /status, GET /history (the archive), WS /ws/predictions, GET /metrics (Prometheus);
+    the API at /docs and /openapi.json. Stop with Ctrl-C or SIGTERM (a final snapshot is written).
     """  # noqa: D301 (click's no-rewrap marker is a real backspace)
     from workbench.service.inference_app import create_app
     from workbench.service.runner import run_app
@@ -135,11 +148,22 @@ def serve(
         log_level=log_level,
         alert_rule=alert_rule,
         alertmanager=tuple(alertmanagers),
+        history_dir=_history_dir(history_dir, None if no_state else state_dir, no_history),
+        history_days=history_days,
     )
     if settings.forecast_worker == "thread":
         configure_threads(settings.threads)
     app = create_app(settings)
     run_app(app, host=host, port=port, log_level=log_level)
+
+
+def _history_dir(given: Path | None, state_dir: Path | None, off: bool) -> Path | None:
+    """The history folder: ``--history-dir``, else ``STATE_DIR/history``; ``None`` with ``--no-history``."""
+    if off:
+        return None
+    if given is not None:
+        return given
+    return state_dir / "history" if state_dir is not None else None
 
 
 @click.command()

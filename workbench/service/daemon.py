@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,18 +23,22 @@ from fastapi import FastAPI
 
 from workbench import contract as c
 from workbench.alert_rules import resolve_rule
-from workbench.errors import StateError
+from workbench.drift import DriftMonitor, DriftReference, read_drift_reference
+from workbench.errors import BundleError, ConfigError, StateError
 from workbench.inference.window import WindowStore
-from workbench.manifest import BundleInfo
+from workbench.manifest import BundleInfo, read_info
 from workbench.service.alertmanager import AlertmanagerPusher
+from workbench.service.archive import Archive
 from workbench.service.common import Hub
 from workbench.service.documents import Documents, Forecaster, Published
+from workbench.service.history_api import ArchiveCollector
 from workbench.service.ingest import Ingestor
 from workbench.service.predictor import Backend, Predictor
 from workbench.service.prom import make_registry
+from workbench.service.reload import BundleSlot, ReloadRefused, shape_differences
 from workbench.service.settings import InferenceSettings
 from workbench.service.state import Recovered, StateDir
-from workbench.service.worker import ForecastProcess, WorkerConfig
+from workbench.service.worker import ForecastProcess, WorkerConfig, WorkerError
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -59,9 +65,11 @@ class InferenceDaemon:
 
     def __init__(self, settings: InferenceSettings, bundle: BundleInfo | Bundle, thresholds: Thresholds) -> None:
         self.settings = settings
-        self.bundle = bundle if isinstance(bundle, BundleInfo) else bundle.info()
+        self.slot = BundleSlot(bundle if isinstance(bundle, BundleInfo) else bundle.info())
+        self._reload_lock = threading.Lock()
         self.thresholds = thresholds
         self.alert_rule = resolve_rule(settings.alert_rule, self.bundle.incidents)  # fails before any state is opened
+        self.archive = _open_archive(settings)  # before the state folder: a bad history folder fails the start
         # With a worker process only the worker loads the network; this process holds the windows.
         self.engine = None if settings.forecast_worker == "process" else _thread_engine(settings, bundle)
         self.started = time.time()
@@ -83,11 +91,10 @@ class InferenceDaemon:
             tick_count=self.recovered.tick_count,
             records=self.recovered.records,
             max_future_seconds=settings.max_future_seconds,
+            on_accepted=self.archive.add_metrics if self.archive is not None else None,
         )
         shape = self.bundle.manifest
-        documents = Documents(
-            shape.targets, shape.horizon, thresholds, self._metadata(), self.bundle.incidents, self.alert_rule
-        )
+        documents = self._documents(self.bundle, self.alert_rule)
         if self.bundle.incidents is None:
             log.warning(
                 "%s has no incident calibration: probabilities are reported as uncalibrated, alerts use the %s rule",
@@ -97,11 +104,11 @@ class InferenceDaemon:
         backend: Backend
         if self.engine is None:
             self.worker: ForecastProcess | None = ForecastProcess(
-                self._worker_config(thresholds), settings.worker_reply_seconds
+                self._worker_config(self.bundle, self.alert_rule), settings.worker_reply_seconds
             )
             backend = self.worker
         else:
-            self.worker, backend = None, Forecaster(self.engine, documents)
+            self.worker, backend = None, Forecaster(self.engine, documents, _drift_monitor(self.bundle))
         self.predictor = Predictor(
             backend,
             self.ingestor,
@@ -113,6 +120,8 @@ class InferenceDaemon:
         self.hub = Hub()
         self.alertmanager = self._alertmanager()
         self.registry = make_registry(self.predictor, self.ingestor, self.alertmanager)
+        if self.archive is not None:
+            self.registry.register(ArchiveCollector(self.archive))
         self.snapshots = 0
         self.snapshot_failures = 0
         self.snapshot_error: str | None = None
@@ -124,6 +133,17 @@ class InferenceDaemon:
                 self.recovered.tick_count,
                 self.recovered.replayed_batches,
             )
+
+    @property
+    def bundle(self) -> BundleInfo:
+        """The bundle serving now (a reload replaces it)."""
+        return self.slot.info
+
+    def _documents(self, info: BundleInfo, rule: str) -> Documents:
+        shape = info.manifest
+        return Documents(
+            shape.targets, shape.horizon, self.thresholds, self._metadata(info, rule), info.incidents, rule
+        )
 
     def _empty_store(self) -> WindowStore:
         s, shape = self.settings, self.bundle.manifest
@@ -142,21 +162,23 @@ class InferenceDaemon:
     def _published(self, result: Published) -> None:
         """Push a new result to the WebSocket clients and its alerts to Alertmanager (neither waits)."""
         self.hub.publish(result)
+        if self.archive is not None:  # queued: the archive's thread builds the rows
+            self.archive.add_result(result.points, result.summary["alerts"], result.summary["metadata"]["data_time"])
         if self.alertmanager is not None:
             self.alertmanager.submit(result.summary["alerts"])
 
-    def _worker_config(self, thresholds: Thresholds) -> WorkerConfig:
+    def _worker_config(self, info: BundleInfo, rule: str) -> WorkerConfig:
         s = self.settings
         return WorkerConfig(
-            bundle=str(s.bundle),
+            bundle=str(info.path),
             device=self.settings.device,
             batch_size=s.batch_size,
             max_gap_steps=s.max_gap_steps,
             max_servers=s.max_servers,
             threads=s.threads,
-            thresholds=thresholds.to_dict(),
-            metadata=self._metadata(),
-            alert_rule=self.alert_rule,
+            thresholds=self.thresholds.to_dict(),
+            metadata=self._metadata(info, rule),
+            alert_rule=rule,
         )
 
     def _device(self) -> str:
@@ -165,17 +187,18 @@ class InferenceDaemon:
             return str(self.engine.device)
         return self.settings.device or "auto"  # the worker's choice: CUDA when its torch sees a GPU
 
-    def _metadata(self) -> dict[str, Any]:
+    def _metadata(self, info: BundleInfo, rule: str) -> dict[str, Any]:
         return {
             "model_type": "TFT",
-            "bundle": self.bundle.path.name if self.bundle.path is not None else None,
+            "bundle": info.path.name if info.path is not None else None,
+            "bundle_sha256": info.digest,
             "contract_version": c.CONTRACT_VERSION,
-            "horizon_steps": self.bundle.manifest.horizon,
+            "horizon_steps": info.manifest.horizon,
             "device": self._device(),
-            "targets": list(self.bundle.targets),
+            "targets": list(info.targets),
             "forecast_worker": self.settings.forecast_worker,
-            "alert_rule": self.alert_rule,
-            "probabilities": "calibrated" if self.bundle.incidents is not None else "uncalibrated",
+            "alert_rule": rule,
+            "probabilities": "calibrated" if info.incidents is not None else "uncalibrated",
             "thresholds": self.thresholds.to_dict(),  # the levels it alerts on, for the dashboard's lines
         }
 
@@ -189,6 +212,8 @@ class InferenceDaemon:
         """Run the predictor and the snapshot schedule while the app serves; snapshot on the way out."""
         if self.worker is not None:
             self.worker.start()  # loads the model while the first data arrives
+        if self.archive is not None:
+            self.archive.start()
         if self.alertmanager is not None:
             self.alertmanager.start()
         self._tasks = [asyncio.create_task(self.predictor.run(self._published), name="predictor")]
@@ -247,6 +272,8 @@ class InferenceDaemon:
             out.append("the background predictor is not running")
         if self.ingestor.write_error:
             out.append(self.ingestor.write_error)
+        if self.archive is not None and (trouble := self.archive.problem()):
+            out.append(trouble)
         if self.snapshot_error:
             out.append(self.snapshot_error)
         if self.worker is not None and (stall := self.worker.stalled()):
@@ -273,6 +300,73 @@ class InferenceDaemon:
                 self.worker.close(timeout=3.0)
             if self.alertmanager is not None:
                 self.alertmanager.close()
+            if self.archive is not None:
+                self.archive.close()  # writes what is buffered
+
+    def reload(self, path: Path) -> dict[str, Any]:
+        """Serve the bundle at ``path`` from the next forecast on, without a restart (blocking).
+
+        The new model is loaded while the old one keeps serving, then the two are swapped
+        between forecasts with the active alerts carried over; feeding goes on throughout and
+        no window is touched.
+
+        Raises:
+            ReloadRefused: another reload runs, the bundle is unusable or does not fit the running
+                windows or alert rule, or it failed to load; the old model keeps serving.
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ReloadRefused(409, "another reload is running; try again when it has finished")
+        started = time.monotonic()
+        try:
+            info, rule = self._check_reload(path)
+            backend, engine, worker = self._load_backend(info, rule)
+            previous, carried = self.predictor.swap(
+                backend, info.manifest.min_encoder_length, carry_alerts=rule == self.alert_rule
+            )
+            self.engine, self.worker, self.alert_rule = engine, worker, rule
+            if isinstance(previous, ForecastProcess):
+                previous.close(timeout=3.0)
+            if self.state_dir is not None:
+                self.state_dir.header["bundle"] = info.identity()  # the next snapshot and log segment say so
+            outcome = self.slot.swapped(info, time.monotonic() - started, carried)
+            log.info("reloaded %s in %.1f s (%d alerts carried over)", path, outcome["seconds"], carried)
+            return {"status": "reloaded", "reload": outcome, "bundle": self.slot.to_json(private=False)}
+        except ReloadRefused as refused:
+            self.slot.failed(refused, time.monotonic() - started)
+            log.warning("reload of %s refused: %s %s", path, refused.detail, "; ".join(refused.differences))
+            raise
+        finally:
+            self._reload_lock.release()
+
+    def _check_reload(self, path: Path) -> tuple[BundleInfo, str]:
+        try:
+            info = read_info(path)
+        except BundleError as exc:
+            raise ReloadRefused(422, f"not a usable bundle: {exc}") from exc
+        differences = shape_differences(self.bundle.manifest, info.manifest)
+        if differences:
+            raise ReloadRefused(409, f"{path} does not fit the running windows", differences)
+        try:
+            rule = resolve_rule(self.settings.alert_rule, info.incidents)
+        except ConfigError as exc:
+            raise ReloadRefused(409, f"{path} does not fit the alert rule: {exc}") from exc
+        return info, rule
+
+    def _load_backend(self, info: BundleInfo, rule: str) -> tuple[Backend, Engine | None, ForecastProcess | None]:
+        """Load the network where forecasts run: a new worker process, or this process."""
+        if self.worker is None:
+            try:
+                engine = _thread_engine(self.settings, info)
+            except (BundleError, OSError, RuntimeError, ValueError) as exc:
+                raise ReloadRefused(422, f"{info.path} failed to load: {exc}") from exc
+            return Forecaster(engine, self._documents(info, rule), _drift_monitor(info)), engine, None
+        worker = ForecastProcess(self._worker_config(info, rule), self.settings.worker_reply_seconds)
+        try:
+            worker.load()
+        except WorkerError as exc:
+            worker.close(timeout=3.0)
+            raise ReloadRefused(422, f"{info.path} failed to load: {exc}") from exc
+        return worker, None, worker
 
     def history(self, server: str, steps: int) -> dict[str, Any] | None:
         """Return the ``GET /history/{server}`` document, or ``None`` for an unknown server.
@@ -321,6 +415,7 @@ class InferenceDaemon:
                 "fleet_status": f"{warmup.ready}/{warmup.total} servers ready",
                 "fleet_health": env["fleet_health"],
             },
+            "bundle": self.slot.to_json(private),
             "predictor": self.predictor.status(),
             "forecast_worker": {
                 "mode": self.settings.forecast_worker,
@@ -343,9 +438,16 @@ class InferenceDaemon:
                 "replayed_batches": self.recovered.replayed_batches,
                 "recovery": self.recovered.to_json(),
             },
+            "history": self.archive.status(private) if self.archive is not None else {"enabled": False},
             "websocket_clients": self.hub.subscribers,
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+def _drift_monitor(info: BundleInfo) -> DriftMonitor:
+    """A drift monitor with the bundle's reference (``drift.json``), when it has one."""
+    reference = read_drift_reference(info.path) if info.path is not None else DriftReference()
+    return DriftMonitor(info.targets, reference)
 
 
 def _thread_engine(settings: InferenceSettings, bundle: BundleInfo | Bundle) -> Engine:
@@ -359,3 +461,15 @@ def _thread_engine(settings: InferenceSettings, bundle: BundleInfo | Bundle) -> 
         bundle = load_bundle(bundle.path, device=settings.device)
     gaps, servers = settings.max_gap_steps, settings.max_servers
     return Engine(bundle, batch_size=settings.batch_size, max_gap_steps=gaps, max_servers=servers)
+
+
+def _open_archive(settings: InferenceSettings) -> Archive | None:
+    """The history archive of ``settings.history_dir`` (``None``: no history kept)."""
+    if settings.history_dir is None:
+        return None
+    return Archive(
+        settings.history_dir,
+        retention_days=settings.history_days,
+        flush_seconds=settings.history_flush_seconds,
+        fsync=settings.fsync,
+    )

@@ -23,11 +23,14 @@ import orjson
 from workbench import contract as c
 from workbench.alert_rules import make_rule
 from workbench.alerts import Alert, AlertTracker
+from workbench.drift import DriftMonitor
 from workbench.early_warning.calibrator import IncidentCalibration
 from workbench.forecast import QUANTILE_NAMES, Forecast
 from workbench.inference.window import WindowStore
 from workbench.risk import RiskReport, risk
-from workbench.service.prom import render_forecast
+from workbench.service.horizon_points import HorizonPoints
+from workbench.service.prom import render_drift, render_forecast
+from workbench.service.reads import ServerReads, encode_document, held_profiles
 from workbench.thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -50,6 +53,10 @@ class Published:
         summary: The document without ``predictions`` (metadata, environment, alerts).
         metrics: The forecast, alert and risk families of ``GET /metrics`` (Prometheus text).
         seconds: How long the forecast took (engine, alerts and risk).
+        reads: ``body`` with where each server's members lie in it, for filtered, summary and
+            gzip reads (``None``: only ``body`` can be served).
+        points: The forecast at a few horizons, for the history archive (``None``: no forecast).
+        drift: The ``GET /drift/status`` document (``None``: no forecast yet).
     """
 
     version: int
@@ -58,6 +65,9 @@ class Published:
     summary: dict[str, Any]
     metrics: bytes = b""
     seconds: float = 0.0
+    reads: ServerReads | None = None
+    points: HorizonPoints | None = None
+    drift: dict[str, Any] | None = None
 
     @cached_property
     def text(self) -> str:
@@ -105,8 +115,13 @@ class Documents:
         *,
         version: int,
         seconds: float = 0.0,
+        profiles: Mapping[str, str] | None = None,
+        drift: dict[str, Any] | None = None,
     ) -> Published:
-        """Encode one result (``forecast=None``: no data yet)."""
+        """Encode one result (``forecast=None``: no data yet).
+
+        ``profiles`` gives the profiles of servers without a forecast (default: from their names).
+        """
         if forecast is None:
             status, message = "no_data", "no data received yet: POST records to /feed/data"
         elif not forecast.servers:
@@ -131,16 +146,21 @@ class Documents:
             "servers_forecast": len(forecast.servers) if forecast is not None else 0,
             "servers_warming_up": len(forecast.warming_up) if forecast is not None else 0,
             "servers_missing_metrics": len(forecast.missing) if forecast is not None else 0,
+            "model_fit": {"state": drift["state"], "reasons": drift["reasons"][:3]} if drift is not None else None,
         }
         alert_dicts = [a.to_dict() for a in alerts]
         summary = {"metadata": metadata, "environment": report_or_empty.environment(), "alerts": alert_dicts}
+        reads = _encode_document(forecast, report.server_json() if report is not None else {}, summary, profiles)
         return Published(
             version=version,
-            body=_encode_document(forecast, report.server_json() if report is not None else {}, summary),
+            body=reads.body,
             alerts_body=dumps({"timestamp": now, "count": len(alerts), "alerts": alert_dicts}),
             summary=summary,
-            metrics=render_forecast(forecast, alerts, report),
+            metrics=render_forecast(forecast, alerts, report) + (render_drift(drift) if drift is not None else b""),
             seconds=seconds,
+            reads=reads,
+            points=HorizonPoints.of(forecast) if forecast is not None and forecast.servers else None,
+            drift=drift,
         )
 
 
@@ -150,13 +170,23 @@ class Forecaster:
     Args:
         engine: The engine (it reads each copy of the windows; its own are never used).
         documents: The encoder of results.
+        drift: Scores the forecasts as actuals arrive (default: no reference, absolute limits).
     """
 
-    def __init__(self, engine: Engine, documents: Documents) -> None:
+    def __init__(self, engine: Engine, documents: Documents, drift: DriftMonitor | None = None) -> None:
         self.engine = engine
         self.documents = documents
         self.tracker = AlertTracker(make_rule(documents.alert_rule, documents.incidents))
         self.last: tuple[Forecast, list[Alert]] | None = None
+        self.drift = drift or DriftMonitor(documents.targets)
+
+    def export_alerts(self) -> list[dict[str, Any]]:
+        """Return the active alerts with their hysteresis (:meth:`AlertTracker.export`)."""
+        return self.tracker.export()
+
+    def restore_alerts(self, exported: list[dict[str, Any]]) -> None:
+        """Take over the alerts another forecaster exported (:meth:`AlertTracker.restore`)."""
+        self.tracker.restore(exported)
 
     def forecast(self, state: Mapping[str, np.ndarray], version: int) -> Published:
         """Forecast the windows of ``state`` (:meth:`WindowStore.state`) and encode the result as ``version``.
@@ -165,29 +195,40 @@ class Forecaster:
             ValueError: when the state is malformed or the network's output is not finite.
         """
         started = time.monotonic()
-        result = self.engine.forecast(store=WindowStore.from_state(state))
+        store = WindowStore.from_state(state)
+        result = self.engine.forecast(store=store)
         update = self.tracker.update(result, self.documents.thresholds)
         report = risk(result, self.documents.thresholds, incidents=self.documents.incidents)
         self.last = (result, update.active)
         seconds = time.monotonic() - started
-        return self.documents.publish(result, update.active, report, version=version, seconds=seconds)
+        waiting = held_profiles(state, [*result.warming_up, *result.missing])
+        self.drift.observe(result, store)
+        return self.documents.publish(
+            result,
+            update.active,
+            report,
+            version=version,
+            seconds=seconds,
+            profiles=waiting,
+            drift=self.drift.report(),
+        )
 
 
-def _encode_document(forecast: Forecast | None, risk_json: dict[str, Any], summary: dict[str, Any]) -> bytes:
+def _encode_document(
+    forecast: Forecast | None,
+    risk_json: dict[str, Any],
+    summary: dict[str, Any],
+    profiles: Mapping[str, str] | None = None,
+) -> ServerReads:
     """Encode ``/predictions/current``: the shape of :meth:`Forecast.to_json`, straight from the arrays.
 
     orjson writes each server's rounded quantile arrays directly (about 0.1 s for 1,000 servers
     instead of 1 s through Python lists), one server per call so the GIL is never held long.
-    The tests check the result against ``Forecast.to_json``.
+    :func:`~workbench.service.reads.encode_document` joins them and notes where each lies, for
+    filtered and summary reads. The tests check the result against ``Forecast.to_json``.
     """
-    parts = [b'{"predictions":{']
-    if forecast is not None:
-        parts.append(b",".join(_server_entries(forecast)))
-    parts.append(b'},"alerts":' + dumps(summary["alerts"]))
-    parts.append(b',"environment":' + dumps(summary["environment"]))
-    parts.append(b',"server_risk":' + dumps(risk_json))
-    parts.append(b',"metadata":' + dumps(summary["metadata"]) + b"}")
-    return b"".join(parts)
+    entries = _server_entries(forecast) if forecast is not None else []
+    return encode_document(forecast, entries, risk_json, summary, profiles)
 
 
 def _server_entries(forecast: Forecast) -> list[bytes]:

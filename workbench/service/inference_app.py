@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -17,13 +18,18 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workbench import contract as c
+from workbench.drift import RULE as DRIFT_RULE
 from workbench.errors import StateError
 from workbench.manifest import read_info
 from workbench.service import schemas as s
 from workbench.service.common import API_KEY_HEADER, BodyTooLarge, api_key_guard, key_matches, read_body
+from workbench.service.compression import GZipWhenAccepted
 from workbench.service.daemon import SERVICE_NAME, InferenceDaemon
+from workbench.service.history_api import add_history_route
 from workbench.service.ingest import BodyError, parse_body
+from workbench.service.predictions_api import add_predictions_route
 from workbench.service.predictor import Published
+from workbench.service.reload import ReloadRefused
 from workbench.service.settings import InferenceSettings
 from workbench.thresholds import Thresholds
 
@@ -97,8 +103,12 @@ def create_app(settings: InferenceSettings, *, bundle: Bundle | None = None) -> 
         lifespan=daemon.lifespan,
     )
     app.state.daemon = daemon
+    app.add_middleware(GZipWhenAccepted)  # JSON answers over 1 KB; never one already compressed, never a WebSocket
     _feed_routes(app, daemon)
+    _admin_routes(app, daemon)
+    _drift_route(app, daemon)
     _read_routes(app, daemon)
+    add_history_route(app, daemon.archive)  # GET /history: the archive (GET /history/{server}: the live windows)
     _websocket_route(app, daemon)
     _openapi_with_websocket(app)
     return app
@@ -138,21 +148,61 @@ def _feed_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
         return JSONResponse(outcome.body, status_code=outcome.status)
 
 
+def _drift_route(app: FastAPI, daemon: InferenceDaemon) -> None:
+    @app.get("/drift/status", response_model=s.DriftResponse, tags=["read"])
+    async def drift_status() -> Response:
+        """Say whether the model still fits the fleet: its state, the rule, and the figures behind it.
+
+        The forecasts are scored as their actuals arrive (pinball loss against a climatological
+        band's, p10-p90 coverage, per metric and horizon band, fleet-wide and for the worst
+        servers) and each server's last two hours are checked against the bundle's training
+        inputs for its profile. ``state`` is ``warming_up``, ``fits``, ``inputs_shifted`` or
+        ``no_longer_fits``; ``rule`` says when each applies, ``reasons`` why it applies now.
+        The figures restart when a reload swaps the model.
+        """
+        drift = daemon.predictor.latest.drift
+        if drift is None:
+            drift = {"state": "warming_up", "reasons": ["no forecast yet"], "rule": DRIFT_RULE}
+        return JSONResponse(drift)
+
+
+def _admin_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
+    guard = api_key_guard(daemon.settings.api_key)
+
+    @app.post(
+        "/admin/reload",
+        response_model=s.ReloadResponse,
+        responses={
+            401: _ERRORS[401],
+            409: {"model": s.ReloadRefusedResponse, "description": "another reload runs, or the bundle does not fit"},
+            422: {"model": s.ReloadRefusedResponse, "description": "not a usable bundle, or it failed to load"},
+        },
+        dependencies=[Depends(guard)],
+        tags=["admin"],
+    )
+    async def admin_reload(body: s.ReloadRequest) -> JSONResponse:
+        """Serve another bundle from the next forecast on, without a restart.
+
+        The new model is loaded while the old one keeps serving and swapped in between two
+        forecasts, with the active alerts carried over; feeding goes on throughout and no window
+        is reset. A bundle whose targets, encoder lengths or horizon differ from the running
+        windows is refused with the differences, and the old model keeps serving. Answers when
+        the new model serves (seconds: the network is loaded first).
+        """
+        try:
+            doc = await anyio.to_thread.run_sync(daemon.reload, Path(body.bundle))
+        except ReloadRefused as refused:
+            return JSONResponse({"detail": refused.detail, "differences": refused.differences}, refused.status)
+        return JSONResponse(doc)
+
+
 def _error(status: int, detail: str, rejected: list[dict[str, Any]] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "rejected": rejected or []}, status_code=status)
 
 
 def _read_routes(app: FastAPI, daemon: InferenceDaemon) -> None:
     predictor = daemon.predictor
-
-    @app.get("/predictions/current", response_model=s.PredictionsResponse, tags=["read"])
-    async def predictions_current() -> Response:
-        """Return the latest forecast of every server, the active alerts and the fleet's risk.
-
-        Served from the last published result, without waiting for the model. Before the first
-        forecast, ``predictions`` is empty and ``metadata.status`` says why.
-        """
-        return Response(predictor.latest.body, media_type=JSON)
+    add_predictions_route(app, daemon)  # GET /predictions/current: filters, summary view, gzip
 
     @app.get("/alerts/active", response_model=s.AlertsResponse, tags=["read"])
     async def alerts_active() -> Response:

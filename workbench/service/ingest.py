@@ -118,6 +118,7 @@ class Ingestor:
         records: Records accepted before this process started.
         max_future_seconds: Refuse timestamps further ahead of the clock (``None``: no limit).
         clock: UTC epoch seconds (injectable for tests).
+        on_accepted: Called with the rows stored by each feed, once durable (the history archive).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class Ingestor:
         records: int = 0,
         max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS,
         clock: Callable[[], float] = time.time,
+        on_accepted: Callable[[pl.DataFrame], None] | None = None,
     ) -> None:
         self.store = store
         self.journal = journal
@@ -143,6 +145,7 @@ class Ingestor:
         self.write_error: str | None = None  # the last failed log write, until one succeeds
         self._arrivals: deque[tuple[float, int]] = deque()  # (wall clock, store tick), oldest first
         self._clock = clock
+        self._on_accepted = on_accepted
 
     def feed(self, records: Sequence[Any]) -> FeedOutcome:
         """Validate ``records``, store the valid ones durably, and say what happened to each."""
@@ -164,6 +167,8 @@ class Ingestor:
             self._sync(seq)
             too_old = report.too_old
             added = frame.height - len(dropped)
+            if self._on_accepted is not None and added:  # the history archive: stored rows only, once durable
+                self._on_accepted(_stored(frame, kept, dropped))
             self.counters.evicted_capacity += len(report.evicted)
             if dropped:
                 rejected = sorted([*rejected, *dropped], key=lambda i: (i.index or 0, i.field))
@@ -318,3 +323,11 @@ class Ingestor:
         with self.lock:
             segment = self.journal.rotate()
             return segment, self.store.state(), {"tick_count": self.tick_count, "records": self.records}
+
+
+def _stored(frame: pl.DataFrame, kept: list[int], dropped: list[Issue]) -> pl.DataFrame:
+    """Return the rows of ``frame`` the windows kept (``kept[row]`` is each row's record index)."""
+    if not dropped:
+        return frame
+    gone = {issue.index for issue in dropped}
+    return frame.filter(pl.Series([index not in gone for index in kept], dtype=pl.Boolean))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -34,6 +35,14 @@ class Backend(Protocol):
 
     def forecast(self, state: Mapping[str, np.ndarray], version: int) -> Published:
         """Forecast a copy of the windows and encode the result as ``version``."""
+        ...
+
+    def export_alerts(self) -> list[dict[str, Any]]:
+        """Return the active alerts with their hysteresis, as plain JSON values."""
+        ...
+
+    def restore_alerts(self, exported: list[dict[str, Any]]) -> None:
+        """Take over the alerts another backend exported."""
         ...
 
 
@@ -60,6 +69,7 @@ class Predictor:
         poll_seconds: float = 0.1,
     ) -> None:
         self.backend = backend
+        self._backend_lock = threading.Lock()  # held while a forecast runs: a swap waits for it
         self.ingestor = ingestor
         self.min_history = min_history
         self.interval = interval
@@ -134,11 +144,34 @@ class Predictor:
         if not histories:
             return None  # nothing to forecast yet: the interval starts with the first data
         self._forecast_at, self._forecast_step = started, int(state["last"].max(initial=-1))
-        result = self.backend.forecast(state, self.predictions + 1)
+        with self._backend_lock:
+            result = self.backend.forecast(state, self.predictions + 1)
         self.predictions += 1
         self.last_seconds = time.monotonic() - started
         self._busy_seconds = result.seconds  # the model's time, not a worker's start-up
         return result
+
+    def swap(self, backend: Backend, min_history: int, *, carry_alerts: bool) -> tuple[Backend, int]:
+        """Forecast with ``backend`` from now on, between two forecasts (blocks while one runs).
+
+        Args:
+            backend: The new backend, its model already loaded.
+            min_history: Steps a server needs before the new model forecasts it.
+            carry_alerts: Hand the active alerts and their hysteresis to the new backend, so a
+                reload neither drops nor re-raises them.
+
+        Returns:
+            The previous backend (the caller closes it) and how many alerts were carried over.
+        """
+        with self._backend_lock:
+            alerts = self.backend.export_alerts() if carry_alerts else []
+            if alerts:
+                backend.restore_alerts(alerts)
+            previous, self.backend = self.backend, backend
+            self.min_history = min_history
+            self._forecast_generation = -1  # forecast again at once, with the new model
+            self._busy_seconds = 0.0
+        return previous, len(alerts)
 
     def warmup(self) -> WarmupStatus:
         """Return the live windows' warm-up progress (a short lock)."""

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 import workbench
 from workbench import contract as c
+from workbench.drift import STATES as DRIFT_STATES
 from workbench.forecast import QUANTILE_NAMES
 from workbench.risk import HIGH_RISK_SCORE
 
@@ -120,6 +121,27 @@ def _risk_lines(report: RiskReport | None) -> list[str]:
         for server, value in zip(report.servers, (report.risk_score / 100.0).tolist(), strict=True):
             lines.append(f'workbench_risk{{instance="{_escape(server)}"}} {_number(value)}')
     return lines
+
+
+def render_drift(drift: Mapping[str, Any]) -> bytes:
+    """Render the drift state, the fleet's scored accuracy and the input check as Prometheus text.
+
+    Args:
+        drift: The ``GET /drift/status`` document (:meth:`workbench.drift.DriftMonitor.report`).
+    """
+    lines = _header("workbench_drift_state", "1 for the model's drift state (rule: GET /drift/status)")
+    lines += [f'workbench_drift_state{{state="{state}"}} {int(drift["state"] == state)}' for state in DRIFT_STATES]
+    for key, what in [("ratio", "Pinball loss relative to a climatological band's"), ("coverage", "p10-p90 coverage")]:
+        name = f"workbench_drift_{key}"
+        lines += _header(name, f"{what}, scored as actuals arrive (decayed, per metric and horizon band)")
+        for band, per in drift["accuracy"].items():
+            for metric, figures in per.items():
+                if figures[key] is not None:
+                    lines.append(f'{name}{{metric="{metric}",band="{band}"}} {_number(figures[key])}')
+    inputs = drift["inputs"]
+    lines += _header("workbench_drift_inputs_unlike_training_servers", "Servers whose inputs are unlike training")
+    lines.append(f"workbench_drift_inputs_unlike_training_servers {inputs['servers_unlike_training']}")
+    return "\n".join([*lines, ""]).encode()
 
 
 def _header(name: str, documentation: str) -> list[str]:

@@ -172,6 +172,15 @@ class Metadata(BaseModel):
     message: str | None
 
 
+class ReadFilter(BaseModel):
+    """What ``?server=`` and ``?profile=`` asked for and kept."""
+
+    servers: list[str]
+    profiles: list[str]
+    matched: int = Field(description="servers kept")
+    unknown_servers: list[str] = Field(description="servers asked for that the daemon holds no forecast entry for")
+
+
 class PredictionsResponse(BaseModel):
     """``GET /predictions/current`` (and the WebSocket pushes)."""
 
@@ -180,6 +189,42 @@ class PredictionsResponse(BaseModel):
     environment: Environment
     server_risk: dict[str, dict[str, Any]]
     metadata: Metadata
+    filter: ReadFilter | None = Field(None, description="only with ?server= or ?profile=")
+
+
+class MetricSummary(BaseModel):
+    """A few figures of one metric's forecast (``?view=summary``)."""
+
+    current: float | None
+    p50: list[float | None] = Field(description="median at each of `lead_minutes`")
+    p90: list[float | None] = Field(description="upper quantile at each of `lead_minutes`")
+    p90_max: float | None = Field(description="highest upper quantile over the horizon")
+    p90_max_minutes: int = Field(description="how far ahead it lies")
+
+
+class ServerSummary(BaseModel):
+    """One server in ``?view=summary``: figures per metric, or why it has none."""
+
+    model_config = ConfigDict(extra="allow")
+    profile: str
+    source: Literal["tft", "warming_up", "missing_metrics"]
+    metrics: dict[str, MetricSummary] | None = None
+    history_steps: int | None = None
+    needed_steps: int | None = None
+    missing: list[str] | None = None
+
+
+class PredictionsSummaryResponse(BaseModel):
+    """``GET /predictions/current?view=summary``: the document without the per-step quantile arrays."""
+
+    servers: dict[str, ServerSummary]
+    alerts: list[AlertModel]
+    environment: Environment
+    server_risk: dict[str, dict[str, Any]]
+    metadata: Metadata
+    view: Literal["summary"]
+    lead_minutes: list[int] = Field(description="lead times of the `p50` and `p90` lists (30 min, 2 h, 8 h)")
+    filter: ReadFilter | None = Field(None, description="only with ?server= or ?profile=")
 
 
 class AlertsResponse(BaseModel):
@@ -200,6 +245,24 @@ class HistoryResponse(BaseModel):
         description="one value per timestamp for each metric held; gaps carried forward, null when never seen"
     )
     forecast_start: str = Field(description="UTC time of the first forecast step (one step after the last)")
+
+
+class ArchiveResponse(BaseModel):
+    """``GET /history``: rows of the history archive (``format=json``)."""
+
+    kind: Literal["metrics", "forecasts", "alerts"]
+    servers: list[str] | None = Field(description="the servers asked for (null: every server)")
+    start: str | None = Field(description="UTC start of the range, inclusive (null: the table is empty)")
+    end: str | None = Field(description="UTC end of the range, inclusive")
+    count: int = Field(description="rows returned")
+    limit: int
+    truncated: bool = Field(description="more rows matched than limit; narrow the range or the servers")
+    columns: list[str]
+    rows: list[dict[str, Any]] = Field(
+        description="oldest first. metrics: the accepted records; forecasts: per origin (timestamp), server, "
+        "metric and step ahead, target_time and the quantiles; alerts: transitions raised, escalated, "
+        "deescalated, resolved"
+    )
 
 
 class HealthResponse(BaseModel):
@@ -223,6 +286,39 @@ class StatusResponse(BaseModel):
     predictor: dict[str, Any]
     ingest: dict[str, Any]
     state: dict[str, Any]
+
+
+class DriftResponse(BaseModel):
+    """``GET /drift/status``: whether the model still fits the fleet."""
+
+    model_config = ConfigDict(extra="allow")
+    state: Literal["warming_up", "fits", "inputs_shifted", "no_longer_fits"]
+    reasons: list[str]
+    rule: str
+    inputs: dict[str, Any] = {}
+    accuracy: dict[str, Any] = {}
+    servers: list[dict[str, Any]] = []
+
+
+class ReloadRequest(BaseModel):
+    """``POST /admin/reload`` body."""
+
+    bundle: str = Field(description="path of the bundle folder, as the daemon's process sees it", min_length=1)
+
+
+class ReloadResponse(BaseModel):
+    """Answer of a reload that swapped the model."""
+
+    status: Literal["reloaded"]
+    reload: dict[str, Any]
+    bundle: dict[str, Any]
+
+
+class ReloadRefusedResponse(BaseModel):
+    """A reload that did not happen: the running model keeps serving."""
+
+    detail: str
+    differences: list[str] = []
 
 
 class ScenarioRequest(BaseModel):

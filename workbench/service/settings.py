@@ -112,6 +112,11 @@ class InferenceSettings:
             else the band edge) or one of :data:`workbench.alert_rules.RULE_NAMES`.
         alertmanager: Alertmanager base URLs that receive the active alerts after each forecast
             (empty: none; see :mod:`workbench.service.alertmanager`).
+        history_dir: Folder of the history archive: accepted metrics, forecasts at a few horizons
+            and alert transitions as date-partitioned parquet (``None``: no history kept; see
+            :mod:`workbench.service.archive`).
+        history_days: Days of history kept before the newest data; older date partitions are deleted.
+        history_flush_seconds: Seconds between writes of the archive's buffered rows.
     """
 
     bundle: Path
@@ -139,6 +144,9 @@ class InferenceSettings:
     log_level: str = "info"
     alert_rule: str = "auto"
     alertmanager: tuple[str, ...] = ()
+    history_dir: Path | None = None
+    history_days: int = 30
+    history_flush_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         problems = _common(self.host, self.port, self.log_level)
@@ -164,6 +172,8 @@ class InferenceSettings:
             problems += _positive("max_future_seconds", self.max_future_seconds, allow_zero=True)
         if self.api_key is not None and not self.api_key:
             problems.append("api_key must not be empty (use None for no key)")
+        problems += _integer("history_days", self.history_days, 1, 36_500)
+        problems += _positive("history_flush_seconds", self.history_flush_seconds)
         _raise("inference daemon", problems)
 
 

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from workbench.service.documents import Published
+from workbench.service.horizon_points import HorizonPoints
+from workbench.service.reads import reads_from_frames, reads_to_frames
 
 NICE = 10  # under CPU contention the request path gets ~90 % of a core, the model the rest
 START_TIMEOUT_SECONDS = 300.0  # importing torch and loading a bundle on a cold, loaded box
@@ -194,7 +196,55 @@ class ForecastProcess:
             summary=header["summary"],
             metrics=blobs["metrics"],
             seconds=float(header["seconds"]),
+            drift=header.get("drift"),
+            points=HorizonPoints.from_wire(header.get("points"), blobs),
+            reads=reads_from_frames(header.get("reads") or {}, blobs, blobs["body"]),
         )
+
+    def load(self) -> None:
+        """Start the worker and wait until it has loaded its model.
+
+        Raises:
+            WorkerError: when it cannot start or load the bundle.
+        """
+        with self._lock:
+            self._start()
+            try:
+                if not self._ready:
+                    self._await_ready()
+            except (EOFError, OSError) as exc:
+                self._stop()
+                raise WorkerError(f"the forecast worker died while loading: {exc or type(exc).__name__}") from exc
+
+    def export_alerts(self) -> list[dict[str, Any]]:
+        """Return the worker's active alerts with their hysteresis (empty when it is not running)."""
+        with self._lock:
+            if self._conn is None or not self._ready:
+                return []
+            return list(self._call({"op": "export_alerts"})["alerts"])
+
+    def restore_alerts(self, exported: list[dict[str, Any]]) -> None:
+        """Hand the worker alerts another one exported (call :meth:`load` first)."""
+        with self._lock:
+            if self._conn is None or not self._ready:
+                raise WorkerError("the forecast worker is not running")
+            self._call({"op": "restore_alerts", "alerts": exported})
+
+    def _call(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Send a small request and return the answer's header (under the lock)."""
+        assert self._conn is not None
+        try:
+            send_frames(self._conn, header, {})
+            if not self._conn.poll(self.reply_seconds):
+                self._kill()
+                raise WorkerError(f"the forecast worker did not answer {header['op']} in {self.reply_seconds:g} s")
+            answer, _ = recv_frames(self._conn)
+        except (EOFError, OSError) as exc:
+            self._stop()
+            raise WorkerError(f"the forecast worker died: {exc or type(exc).__name__}") from exc
+        if "error" in answer:
+            raise WorkerError(answer["error"])
+        return answer
 
     def stalled(self) -> str | None:
         """Say so when the current forecast has waited longer than :attr:`reply_seconds` (else ``None``)."""
@@ -258,7 +308,11 @@ def _main(conn: Connection) -> None:
             header, state = recv_frames(conn)
         except (EOFError, OSError):
             return  # the daemon closed the pipe or died
-        if header.get("op") != "forecast":
+        op = header.get("op")
+        if op in ("export_alerts", "restore_alerts"):
+            _answer_alerts(conn, forecaster, header)
+            continue
+        if op != "forecast":
             return
         try:
             published = forecaster.forecast(state, int(header["version"]))
@@ -266,17 +320,36 @@ def _main(conn: Connection) -> None:
             send_frames(conn, {"error": f"{type(exc).__name__}: {exc}"}, {})
             continue
         reply = {"version": published.version, "seconds": published.seconds, "summary": published.summary}
+        reply["drift"] = published.drift
         blobs = {"body": published.body, "alerts_body": published.alerts_body, "metrics": published.metrics}
+        if published.points is not None:  # the history archive's figures: raw float32, not JSON
+            reply["points"], blobs = published.points.header(), {**blobs, **published.points.blobs()}
+        reply["reads"], reads_blobs = reads_to_frames(published.reads)  # where each server lies in body
+        blobs.update(reads_blobs)
         try:
             send_frames(conn, reply, blobs)
         except OSError:
             return
 
 
+def _answer_alerts(conn: Connection, forecaster: Any, header: Mapping[str, Any]) -> None:
+    """Export or restore the alert tracker's state (a hot reload hands it from one worker to the next)."""
+    try:
+        if header["op"] == "export_alerts":
+            reply: dict[str, Any] = {"alerts": forecaster.export_alerts()}
+        else:
+            forecaster.restore_alerts(header["alerts"])
+            reply = {"ok": True}
+    except Exception as exc:  # reported; the worker goes on forecasting
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    send_frames(conn, reply, {})
+
+
 def _build(config: WorkerConfig) -> Any:
     """Load the bundle and build the worker's :class:`~workbench.service.documents.Forecaster`."""
     import torch
 
+    from workbench.drift import DriftMonitor, read_drift_reference
     from workbench.inference.engine import Engine
     from workbench.model.bundle import load_bundle
     from workbench.service.documents import Documents, Forecaster
@@ -292,8 +365,9 @@ def _build(config: WorkerConfig) -> Any:
     documents = Documents(
         tuple(bundle.targets), engine.spec.horizon, thresholds, config.metadata, bundle.incidents, config.alert_rule
     )
+    drift = DriftMonitor(documents.targets, read_drift_reference(Path(config.bundle)))
     log.info("forecast worker ready in %.1f s (pid %d)", time.monotonic() - started, os.getpid())
-    return Forecaster(engine, documents)
+    return Forecaster(engine, documents, drift)
 
 
 if __name__ == "__main__":
