@@ -195,3 +195,16 @@ def test_alert_is_a_small_frozen_record():
     with pytest.raises(dataclasses.FrozenInstanceError):
         alert.severity = "critical"  # type: ignore[misc]
     assert alert.first_step == ORIGIN + 1 and alert.to_dict()["since"] == alert.to_dict()["origin"]
+
+
+def test_an_alert_whose_metric_is_already_past_its_level_says_so_instead_of_forecasting_the_crossing():
+    path = np.full(H, 99.0)
+    forecast = make_forecast({"a": {"cpu_pct": path}})
+    (coming,) = predictive_alerts(forecast, Thresholds())
+    assert coming.current == pytest.approx(89.0) and not coming.already_past  # the forecast's last value, below 95
+    past = dataclasses.replace(coming, current=97.0)
+    assert past.already_past and past.summary().startswith("cpu_pct already past 95 % (now 97)")
+    assert past.to_dict()["already_past"] is True and past.to_dict()["current"] == 97.0
+    below = dataclasses.replace(coming, current=60.0)
+    assert not below.already_past and "in ~5 min" in below.summary()
+    assert not dataclasses.replace(coming, current=None).already_past

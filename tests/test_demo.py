@@ -170,6 +170,7 @@ def test_demo_children_wire_the_three_services_together():
     daemon, stream, board = demo_children(s)
     assert (daemon.name, stream.name, board.name) == ("daemon", "stream", "dashboard")
     assert daemon.ready_url == "http://127.0.0.1:9100/health" and "--no-state" in daemon.argv
+    assert " ".join(daemon.argv).endswith(f"--history-dir {s.log_dir.parent / 'history'} --log-level info")
     assert stream.ready_url == "http://127.0.0.1:9101/scenario/status"
     argv = " ".join(stream.argv)
     assert "--target http://127.0.0.1:9100" in argv and "--history 48" in argv and "--tick 0.5" in argv

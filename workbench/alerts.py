@@ -55,6 +55,9 @@ class Alert:
         status: ``firing`` when the edge reaches the level in this forecast, ``holding`` when
             the alert is kept by hysteresis.
         since_step: Origin step of the forecast that raised the alert.
+        rule: Name of the rule that raised it.
+        current: The metric's last observed value (``None``: unknown); when it is already past
+            the level, the alert says so instead of forecasting the crossing.
     """
 
     server: str
@@ -69,11 +72,20 @@ class Alert:
     status: Status = "firing"
     since_step: int | None = None
     rule: str = "band_edge"
+    current: float | None = None
 
     @property
     def rank(self) -> int:
         """1 for warning, 2 for critical."""
         return SEVERITIES.index(self.severity) + 1
+
+    @property
+    def already_past(self) -> bool:
+        """Whether the last observed value is already at or past the alert's level."""
+        if self.current is None or not np.isfinite(self.current):
+            return False
+        high = c.METRIC_BY_NAME[self.metric].high_is_bad
+        return self.current >= self.threshold if high else self.current <= self.threshold
 
     @property
     def first_step(self) -> int:
@@ -96,6 +108,8 @@ class Alert:
             "expected_at": c.step_time(self.first_step).isoformat(),
             "since": c.step_time(self.origin_step if self.since_step is None else self.since_step).isoformat(),
             "rule": self.rule,
+            "current": None if self.current is None else round(self.current, 4),
+            "already_past": self.already_past,
             "summary": self.summary(),
         }
 
@@ -109,6 +123,8 @@ class Alert:
         verb = _VERBS.get(self.rule, "may")
         if self.rule == "static":
             return f"{self.metric} at {self.predicted_value:.4g}, past its {self.severity} level {level}"
+        if self.already_past:
+            return f"{self.metric} already past {level} (now {self.current:.4g}){odds}"
         return f"{self.metric} {verb} {direction} {level} {when}{odds}".replace("  ", " ")
 
 
@@ -206,9 +222,14 @@ def _build(forecast: Forecast, scan: Scan, picks: Sequence[_Pick], rule: str) ->
                 status="firing" if firing else "holding",
                 since_step=origin if since is None else since,
                 rule=rule,
+                current=_finite(forecast.current[i, j]),
             )
         )
     return alerts
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _ordered(alerts: list[Alert]) -> list[Alert]:

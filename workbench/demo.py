@@ -11,6 +11,7 @@ and exits 0; a child that dies stops the others and exits non-zero with its log'
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +74,11 @@ class DemoSettings:
     log_level: str = "info"
     python: str = sys.executable
 
+    @property
+    def history_dir(self) -> Path:
+        """The daemon's history archive, beside the logs (emptied when a demo starts)."""
+        return self.log_dir.parent / "history"
+
     def __post_init__(self) -> None:
         problems = []
         ports = {"daemon_port": self.daemon_port, "generator_port": self.generator_port}
@@ -118,6 +124,7 @@ def demo_children(settings: DemoSettings) -> list[ChildSpec]:
     cli = [s.python, "-m", "workbench.cli"]
     daemon, generator, dashboard = s.url(s.daemon_port), s.url(s.generator_port), s.url(s.dashboard_port)
     serve = [*cli, "serve", "--bundle", str(s.bundle), "--host", s.host, "--port", str(s.daemon_port), "--no-state"]
+    serve += ["--history-dir", str(s.history_dir)]  # the fan chart's "forecast from" overlay reads it
     stream = [*cli, "stream", "--target", daemon, "--servers", str(s.servers), "--seed", str(s.seed)]
     history = s.history if s.history is not None else bundle_window(s.bundle)
     stream += ["--tick", str(s.tick), "--history", str(history), "--scenario", s.scenario]
@@ -192,6 +199,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = click.echo) -
     from workbench.service.supervisor import Supervisor
 
     check_can_start(settings)
+    shutil.rmtree(settings.history_dir, ignore_errors=True)  # each demo replays the same days afresh
     began = time.monotonic()
     supervisor = Supervisor(demo_children(settings), settings.log_dir, start_timeout=settings.start_timeout)
     watcher = FirstForecast(settings.url(settings.daemon_port), echo, began)

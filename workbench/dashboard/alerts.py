@@ -78,7 +78,7 @@ def _row(alert: dict[str, Any]) -> str:
         escape(str(alert.get("server", ""))),
         escape(str(alert.get("summary") or metric)),
         f"{escape(predicted)} vs {escape(threshold)}",
-        f"{int(alert.get('minutes_ahead', 0))} min",
+        "now" if alert.get("already_past") else f"{int(alert.get('minutes_ahead', 0))} min",
         percent(alert.get("probability")),
         escape(str(alert.get("rule", "band_edge"))),
     ]

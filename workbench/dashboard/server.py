@@ -55,7 +55,9 @@ class ServerView(w.VBox):
         self._title = w.HTML("<b>Server</b> · click a tile to see its forecast")
         self._metric = w.Dropdown(options=list(c.METRIC_NAMES), value="cpu_pct", description="Metric")
         hours = [("off", 0)] + [(f"{h} h ago", h) for h in COMPARE_HOURS if h]
-        self._compare_picker = w.Dropdown(options=hours, value=0, description="Forecast from")
+        self._compare_picker = w.Dropdown(
+            options=hours, value=0, description="Forecast from", style={"description_width": "initial"}
+        )
         traces = [go.Scatter(x=[], y=[], **{"name": name, **_trace_style(name)}) for name in TRACES]
         self.figure = go.FigureWidget(data=traces, layout=_layout())
         super().__init__([self._title, w.HBox([self._metric, self._compare_picker]), self.figure], **kwargs)
