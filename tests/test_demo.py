@@ -50,7 +50,7 @@ def http_child(name: str, p: int) -> ChildSpec:
 
 def test_children_start_in_order_answer_and_all_stop_on_sigint(tmp_path):
     specs = [http_child("web", port()), ChildSpec("sleeper", SLEEPER)]
-    supervisor = Supervisor(specs, tmp_path / "logs", grace=5)
+    supervisor = Supervisor(specs, tmp_path / "logs", grace=2)
     try:
         supervisor.start()
         pids = [c.process.pid for c in supervisor.children]
@@ -67,12 +67,12 @@ def test_a_child_that_exits_while_starting_is_named_with_its_log_tail(tmp_path):
     late = ChildSpec(
         "late", [PY, "-c", "print('boom', flush=True); raise SystemExit(4)"], ready_url=f"http://127.0.0.1:{port()}/"
     )
-    supervisor = Supervisor([late], tmp_path)
+    supervisor = Supervisor([late], tmp_path, grace=2)
     with pytest.raises(ServiceError, match=r"late exited with code 4 while starting; log .*late\.log") as info:
         supervisor.start()
     assert "boom" in str(info.value)
     supervisor.stop()
-    supervisor = Supervisor([failing, ChildSpec("sleeper", SLEEPER)], tmp_path)
+    supervisor = Supervisor([failing, ChildSpec("sleeper", SLEEPER)], tmp_path, grace=2)
     try:
         supervisor.start()
         with pytest.raises(ServiceError, match="broken exited with code 3") as info:
@@ -84,7 +84,7 @@ def test_a_child_that_exits_while_starting_is_named_with_its_log_tail(tmp_path):
 
 def test_a_child_that_never_answers_times_out_naming_the_url(tmp_path):
     spec = ChildSpec("mute", SLEEPER, ready_url=f"http://127.0.0.1:{port()}/health")
-    supervisor = Supervisor([spec], tmp_path, start_timeout=0.5)
+    supervisor = Supervisor([spec], tmp_path, start_timeout=0.5, grace=2)
     try:
         with pytest.raises(ServiceError, match=r"mute did not answer http://127\.0\.0\.1:\d+/health within 0\.5 s"):
             supervisor.start()
@@ -94,7 +94,7 @@ def test_a_child_that_never_answers_times_out_naming_the_url(tmp_path):
 
 def test_a_stop_requested_while_starting_ends_the_wait_at_once(tmp_path):
     spec = ChildSpec("slow", SLEEPER, ready_url=f"http://127.0.0.1:{port()}/")
-    supervisor = Supervisor([spec, ChildSpec("never", SLEEPER)], tmp_path, start_timeout=60)
+    supervisor = Supervisor([spec, ChildSpec("never", SLEEPER)], tmp_path, start_timeout=60, grace=2)
     threading.Timer(0.5, supervisor.request_stop).start()
     began = time.monotonic()
     try:
