@@ -54,3 +54,28 @@ def steps():
 
     frame = generate(5, 0.25, seed=2)
     return [part for _, part in frame.group_by(c.TIMESTAMP, maintain_order=True)]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle_dir):
+    """The tiny bundle, loaded on the CPU once per test module (modules may define their own)."""
+    from workbench.model import load_bundle
+
+    return load_bundle(tiny_bundle_dir, device="cpu")
+
+
+@pytest.fixture
+def make(tmp_path, tiny_bundle_dir, bundle):
+    """Build an in-process inference daemon on the tiny bundle: thread worker, state under tmp_path.
+
+    Keyword arguments override :class:`~workbench.service.settings.InferenceSettings` fields.
+    """
+    from workbench.service.inference_app import create_app
+    from workbench.service.settings import InferenceSettings
+
+    def make(**overrides):
+        options = {"state_dir": tmp_path / "state", "device": "cpu", "poll_seconds": 0.02, "forecast_worker": "thread"}
+        options.update(overrides)
+        return create_app(InferenceSettings(bundle=tiny_bundle_dir, **options), bundle=bundle)
+
+    return make

@@ -22,21 +22,6 @@ SERVERS = 6
 ENDPOINTS = ["/feed/data", "/predictions/current", "/alerts/active", "/health", "/status", "/metrics"]
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle_dir):
-    return load_bundle(tiny_bundle_dir, device="cpu")
-
-
-@pytest.fixture
-def make(tmp_path, tiny_bundle_dir, bundle):
-    def make(**overrides):
-        options = {"state_dir": tmp_path / "state", "device": "cpu", "poll_seconds": 0.02, "forecast_worker": "thread"}
-        options.update(overrides)
-        return create_app(InferenceSettings(bundle=tiny_bundle_dir, **options), bundle=bundle)
-
-    return make
-
-
 def steps(n: int, start: int = 0) -> list[bytes]:
     stream = FleetStream(SERVERS, seed=4)
     bodies = [encode_step(next(stream)) for _ in range(start + n)]

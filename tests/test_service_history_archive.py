@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import io
 from datetime import timedelta
 
@@ -15,34 +16,16 @@ from test_service_app import SERVERS, feed, forecast_from, step_time, steps, tft
 
 from workbench.dashboard import DaemonClient, FleetDashboard, hindsight
 from workbench.dashboard.documents import parse_time, plot_time
-from workbench.model import load_bundle
 from workbench.service.archive import Archive
 from workbench.service.horizon_points import ARCHIVED_STEPS
-from workbench.service.inference_app import create_app
-from workbench.service.settings import InferenceSettings
 
 RANGE = {"start": "2025-01-06T00:00:00Z", "end": "2025-01-06T12:00:00Z"}
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle_dir):
-    return load_bundle(tiny_bundle_dir, device="cpu")
-
-
 @pytest.fixture
-def make(tmp_path, tiny_bundle_dir, bundle):
-    def make(**overrides):
-        options = {
-            "state_dir": tmp_path / "state",
-            "history_dir": tmp_path / "history",
-            "device": "cpu",
-            "poll_seconds": 0.02,
-            "forecast_worker": "thread",
-        }
-        options.update(overrides)
-        return create_app(InferenceSettings(bundle=tiny_bundle_dir, **options), bundle=bundle)
-
-    return make
+def make(make, tmp_path):
+    """The shared daemon factory (conftest), keeping its history under tmp_path."""
+    return functools.partial(make, history_dir=tmp_path / "history")
 
 
 def rows(client: TestClient, **params) -> list[dict]:

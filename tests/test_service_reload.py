@@ -10,26 +10,8 @@ from test_service_app import SERVERS, feed, forecast_from, steps, wait_for
 
 from workbench.alerts import Alert, AlertTracker
 from workbench.manifest import weights_digest
-from workbench.model import load_bundle
-from workbench.service.inference_app import create_app
-from workbench.service.settings import InferenceSettings
 
 KEY = {"X-API-Key": "s3cret"}
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle_dir):
-    return load_bundle(tiny_bundle_dir, device="cpu")
-
-
-@pytest.fixture
-def make(tmp_path, tiny_bundle_dir, bundle):
-    def make(**overrides):
-        options = {"state_dir": tmp_path / "state", "device": "cpu", "poll_seconds": 0.02, "forecast_worker": "thread"}
-        options.update(overrides)
-        return create_app(InferenceSettings(bundle=tiny_bundle_dir, **options), bundle=bundle)
-
-    return make
 
 
 def retrained(source, out):

@@ -288,7 +288,7 @@ class DriftMonitor:
     def _check_inputs(self, windows: Any) -> None:
         if self.reference.inputs is None:
             return
-        recent = _last_steps(windows.values, windows.lengths, WINDOW_STEPS)
+        recent = windows.last_steps(WINDOW_STEPS)
         full = windows.lengths >= WINDOW_STEPS
         with np.errstate(all="ignore"):
             means, sds = np.nanmean(recent, axis=1), np.nanstd(recent, axis=1, ddof=1)
@@ -302,9 +302,9 @@ class DriftMonitor:
 
     def report(self) -> dict[str, Any]:
         """Return the ``GET /drift/status`` document: the state, its rule, fleet and worst servers."""
-        fleet = (
-            _band_figures(self._fleet.values, self.targets, self._median_ratios()) if self._fleet is not None else {}
-        )
+        ratios = self._server_ratios()
+        median = _nanreduce(np.nanmedian, ratios, axis=0)  # (bands, metrics)
+        fleet = _band_figures(self._fleet.values, self.targets, median) if self._fleet is not None else {}
         share = len(self._inputs) / self._input_checked if self._input_checked else 0.0
         expected = self.reference.accuracy or {}
         enough = {b for b, n in zip(BANDS, self._origins, strict=True) if n >= MIN_ORIGINS}
@@ -330,33 +330,44 @@ class DriftMonitor:
             },
             "accuracy": fleet,
             "accuracy_reference": "validation" if self.reference.accuracy else "absolute limits",
-            "servers": self._worst_servers(),
+            "servers": self._worst_servers(ratios),
         }
 
-    def _median_ratios(self) -> np.ndarray | None:
-        """``(bands, metrics)``: the median over servers of each server's loss ratio.
+    def _server_ratios(self) -> np.ndarray | None:
+        """``(servers, bands, metrics)``: each server's loss ratio (NaN under one score), in ``_servers`` order.
 
-        The fleet's ratio is a median of servers' ratios, not a ratio of sums: a server whose
-        history barely moves (a climatological band a hair wide) would otherwise outweigh the rest.
+        The fleet's ratio is the median of these, not a ratio of sums: a server whose history
+        barely moves (a climatological band a hair wide) would otherwise outweigh the rest.
         """
         if not self._servers:
             return None
         sums = np.stack([s.values for s in self._servers.values()])  # (servers, bands, metrics, 4)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a band no server has scores in yet: NaN
-            ratios = np.where((sums[..., 0] >= 1.0) & (sums[..., 2] > 0), sums[..., 1] / sums[..., 2], np.nan)
-            return np.nanmedian(ratios, axis=0) if np.isfinite(ratios).any() else None
+        with np.errstate(all="ignore"):
+            return np.where((sums[..., 0] >= 1.0) & (sums[..., 2] > 0), sums[..., 1] / sums[..., 2], np.nan)
 
-    def _worst_servers(self, n: int = 20) -> list[dict[str, Any]]:
-        rows = []
-        for server, sums in self._servers.items():
-            figures = _band_figures(sums.values, self.targets)
-            ratios = [f["ratio"] for per in figures.values() for f in per.values() if f["ratio"] is not None]
-            if ratios:
-                rows.append(
-                    {"server": server, "worst_ratio": max(ratios), "inputs_unlike": self._inputs.get(server, [])}
-                )
-        return sorted(rows, key=lambda r: -r["worst_ratio"])[:n]
+    def _worst_servers(self, ratios: np.ndarray | None, n: int = 20) -> list[dict[str, Any]]:
+        worst = _nanreduce(np.nanmax, ratios, axis=(1, 2))
+        if worst is None:
+            return []
+        order = [i for i in np.argsort(-np.nan_to_num(worst, nan=-np.inf)) if np.isfinite(worst[i])][:n]
+        names = list(self._servers)
+        return [
+            {
+                "server": names[i],
+                "worst_ratio": round(float(worst[i]), 4),
+                "inputs_unlike": self._inputs.get(names[i], []),
+            }
+            for i in order
+        ]
+
+
+def _nanreduce(reduce: Any, values: np.ndarray | None, axis: Any) -> np.ndarray | None:
+    """``reduce`` (a NaN-skipping numpy reduction) over ``axis``; ``None`` when nothing is finite."""
+    if values is None or not np.isfinite(values).any():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a slice with no score yet stays NaN
+        return reduce(values, axis=axis)
 
 
 RULE = (
@@ -420,11 +431,3 @@ def _state(failing: list[str], share: float, checked: bool, fleet: Mapping[str, 
         return "inputs_shifted"
     scored = any(f["scores"] >= MIN_WEIGHT for per in fleet.values() for f in per.values())
     return "fits" if scored or checked else "warming_up"
-
-
-def _last_steps(values: np.ndarray, lengths: np.ndarray, steps: int) -> np.ndarray:
-    """Return ``(servers, steps, metrics)``: each server's last ``steps`` values, NaN before its first."""
-    idx = lengths[:, None] - steps + np.arange(steps)[None, :]
-    out = values[np.arange(len(lengths))[:, None], np.maximum(idx, 0)].astype(np.float64)
-    out[idx < 0] = np.nan
-    return out

@@ -106,7 +106,7 @@ class Engine:
             warming_up=readiness.warming_up,
             missing=readiness.missing,
             min_history=need,
-            recent=_recent(windows),
+            recent=windows.last_steps(RECENT_STEPS),
             levels=tuple(self.bundle.config.quantiles),
             baseline=history_baseline(windows.values, windows.lengths),
         )
@@ -139,6 +139,12 @@ class Engine:
             for part in parts:
                 run(part)
         return out if self.bundle.calibration is None else self.bundle.calibration.apply(out)
+
+    def close(self) -> None:
+        """Stop the engine's batch threads (a later forecast starts them again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -174,15 +180,6 @@ def _select(windows: Windows, which: Any) -> Windows:
         lengths=windows.lengths[idx],
         last_step=windows.last_step[idx],
     )
-
-
-def _recent(windows: Windows, steps: int = RECENT_STEPS) -> np.ndarray:
-    """Return ``(servers, steps, metrics)``: each server's last ``steps`` values, NaN before its first."""
-    idx = windows.lengths[:, None] - steps + np.arange(steps)[None, :]  # (n, steps)
-    rows = np.arange(len(windows.servers))[:, None]
-    out = windows.values[rows, np.maximum(idx, 0)].astype(np.float64)
-    out[idx < 0] = np.nan
-    return out
 
 
 def _current(windows: Windows) -> np.ndarray:

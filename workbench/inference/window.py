@@ -69,6 +69,13 @@ class Windows:
     lengths: np.ndarray
     last_step: np.ndarray
 
+    def last_steps(self, steps: int) -> np.ndarray:
+        """Return ``(servers, steps, metrics)``: each server's last ``steps`` values, NaN before its first."""
+        idx = self.lengths[:, None] - steps + np.arange(steps)[None, :]
+        out = self.values[np.arange(len(self.servers))[:, None], np.maximum(idx, 0)].astype(np.float64)
+        out[idx < 0] = np.nan
+        return out
+
 
 @dataclass
 class Readiness:

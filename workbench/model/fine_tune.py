@@ -23,25 +23,23 @@ import polars as pl
 import torch
 from pytorch_forecasting.metrics import MASE, MultiLoss
 
-from workbench.data import fingerprint
 from workbench.errors import ConfigError
 from workbench.features import to_model_frame
 from workbench.manifest import CALIBRATION_FILE, read_json
 from workbench.model.bundle import Bundle
 from workbench.model.config import TrainConfig
 from workbench.model.loaders import TrainingData
-from workbench.model.losses import loss_record
 from workbench.model.network import network_from_hparams, network_hparams
 from workbench.model.tracking import Tracking
 from workbench.model.train import (
     BestWeights,
-    distributed_record,
     fit_band_calibration,
     fit_network,
+    run_extras,
     split_point,
     training_record,
 )
-from workbench.splits import HOLDOUT_KEY, Holdout, split_frame
+from workbench.splits import Holdout, split_frame
 
 LR_FACTOR = 0.1  # the child's default learning rate is the parent's times this
 DEFAULTS: dict[str, Any] = {"max_epochs": 10, "patience": 2, "max_time_minutes": 15.0}  # `train --from`'s help says so
@@ -142,15 +140,7 @@ def fine_tune(
     info = training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
     info["parent"] = parent_record(parent)
     info["fine_tune"] = _fine_tune_record(parent, config, info, len(data.val_windows), before, after, kept)
-    info["calibration"] = calibration.record if calibration else {"skipped": "too few validation windows"}
-    info["sampler"] = data.record()
-    info["loss"] = loss_record(config, parent.spec)
-    info["distributed"] = distributed_record(trainer, config)
-    if tracking is not None and loggers:
-        info["logs"] = tracking.record(loggers)
-    if holdout is not None:
-        info[HOLDOUT_KEY] = holdout.to_json()
-        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, as train() records it
+    info |= run_extras(config, parent.spec, data, trainer, calibration, tracking, loggers, holdout, given)
     hparams = network_hparams(network)
     return Bundle(
         network=network, spec=parent.spec, config=config, hparams=hparams, training=info, calibration=calibration

@@ -130,18 +130,36 @@ def train(
     network = network.to("cpu").eval()
     calibration = fit_band_calibration(network, data)
     info = training_record(frame, config, cutoff, best, trainer, time.perf_counter() - started)
-    info["calibration"] = calibration.record if calibration else {"skipped": "too few validation windows"}
-    info["sampler"] = data.record()
-    info["loss"] = loss_record(config, spec)
-    info["distributed"] = distributed_record(trainer, config)
-    if tracking is not None and loggers:
-        info["logs"] = tracking.record(loggers)
-    if holdout is not None:
-        info[HOLDOUT_KEY] = holdout.to_json()
-        info["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
+    info |= run_extras(config, spec, data, trainer, calibration, tracking, loggers, holdout, given)
     log.info("trained %d epochs, best val_loss %.4f", trainer.current_epoch, best.best_loss)
     hparams = network_hparams(network)
     return Bundle(network=network, spec=spec, config=config, hparams=hparams, training=info, calibration=calibration)
+
+
+def run_extras(
+    config: TrainConfig,
+    spec: DatasetSpec,
+    data: TrainingData,
+    trainer: lp.Trainer,
+    calibration: BandCalibration | None,
+    tracking: Tracking | None,
+    loggers: list[Logger],
+    holdout: Holdout | None,
+    given: pl.DataFrame,
+) -> dict[str, Any]:
+    """Return what ``training.json`` records of a run beyond :func:`training_record` (train and fine-tune alike)."""
+    extras: dict[str, Any] = {
+        "calibration": calibration.record if calibration else {"skipped": "too few validation windows"},
+        "sampler": data.record(),
+        "loss": loss_record(config, spec),
+        "distributed": distributed_record(trainer, config),
+    }
+    if tracking is not None and loggers:
+        extras["logs"] = tracking.record(loggers)
+    if holdout is not None:
+        extras[HOLDOUT_KEY] = holdout.to_json()
+        extras["data_fingerprint"] = fingerprint(given)  # the whole dataset, so an evaluation can check it
+    return extras
 
 
 def fit_network(

@@ -324,8 +324,7 @@ class InferenceDaemon:
                 backend, info.manifest.min_encoder_length, carry_alerts=rule == self.alert_rule
             )
             self.engine, self.worker, self.alert_rule = engine, worker, rule
-            if isinstance(previous, ForecastProcess):
-                previous.close(timeout=3.0)
+            previous.close(timeout=3.0)  # the old worker process, or the old engine's threads
             if self.state_dir is not None:
                 self.state_dir.header["bundle"] = info.identity()  # the next snapshot and log segment say so
             outcome = self.slot.swapped(info, time.monotonic() - started, carried)

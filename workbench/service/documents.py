@@ -180,6 +180,10 @@ class Forecaster:
         self.last: tuple[Forecast, list[Alert]] | None = None
         self.drift = drift or DriftMonitor(documents.targets)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Release the engine's threads (``timeout`` unused: nothing here can hang)."""
+        self.engine.close()
+
     def export_alerts(self) -> list[dict[str, Any]]:
         """Return the active alerts with their hysteresis (:meth:`AlertTracker.export`)."""
         return self.tracker.export()

@@ -45,6 +45,10 @@ class Backend(Protocol):
         """Take over the alerts another backend exported."""
         ...
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Release what the backend holds (a worker process, threads), waiting at most ``timeout`` seconds."""
+        ...
+
 
 class Predictor:
     """Runs forecasts in the background and holds the latest :class:`Published` result.
