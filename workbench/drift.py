@@ -51,6 +51,7 @@ BANDS = {"0-1h": (1, 6, 12), "1-4h": (24, 48), "4-8h": (96,)}
 ISSUE_STRIDE = 3  # keep a forecast every 15 minutes of fleet time
 HALF_LIFE_STEPS = 24
 MIN_ORIGINS = 12  # forecasts (3 h of origins) scored in a band before it says anything: nearby ones err alike
+MIN_SERVER_WEIGHT = 10.0  # scores a server's own ratio needs to be listed among the worst (one or two say nothing)
 MIN_WEIGHT = 100.0  # decayed count of scores below which a band says nothing (a few steps of a few servers)
 MAX_RATIO = 1.0  # without a validation reference: no skill over climatology
 MIN_COVERAGE = 0.5
@@ -346,15 +347,20 @@ class DriftMonitor:
             return np.where((sums[..., 0] >= 1.0) & (sums[..., 2] > 0), sums[..., 1] / sums[..., 2], np.nan)
 
     def _worst_servers(self, ratios: np.ndarray | None, n: int = 20) -> list[dict[str, Any]]:
-        worst = _nanreduce(np.nanmax, ratios, axis=(1, 2))
-        if worst is None:
+        """The ``n`` servers whose worst metric and band (with enough scores of its own) loses most to climatology."""
+        if ratios is None:
             return []
-        order = [i for i in np.argsort(-np.nan_to_num(worst, nan=-np.inf)) if np.isfinite(worst[i])][:n]
-        names = list(self._servers)
+        weights = np.stack([s.values[..., 0] for s in self._servers.values()])  # (servers, bands, metrics)
+        listed = np.where(weights >= MIN_SERVER_WEIGHT, ratios, np.nan)
+        flat = np.nan_to_num(listed, nan=-np.inf).reshape(len(listed), -1)
+        where, worst = flat.argmax(axis=1), flat.max(axis=1)
+        order = [i for i in np.argsort(-worst) if np.isfinite(worst[i])][:n]
+        names, bands, m = list(self._servers), list(BANDS), len(self.targets)
         return [
             {
                 "server": names[i],
                 "worst_ratio": round(float(worst[i]), 4),
+                "worst": f"{self.targets[where[i] % m]} {bands[where[i] // m]}",
                 "inputs_unlike": self._inputs.get(names[i], []),
             }
             for i in order
